@@ -1,0 +1,1 @@
+"""Sub-commands of the `pvd` CLI, one module each (see pvd/cli.py)."""

@@ -1,0 +1,85 @@
+"""Shared plumbing of the kernel modules: dispatch, input validation, dtype helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def interpreting() -> bool:
+    """True when `TRITON_INTERPRET=1`: Triton kernels then run on CPU tensors through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether the Triton kernels serve `tensor`: CUDA tensors always, CPU tensors under the interpreter."""
+    if tensor.is_cuda:
+        return True
+    return tensor.device.type == "cpu" and interpreting()
+
+
+def check_tensor(name: str, tensor, ndim: int, channels: int | tuple[int, ...] | None = None) -> None:
+    """Raise ValueError unless `tensor` is a floating tensor of rank `ndim` (and the given channel count)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions (B, C, H, W), got shape {tuple(tensor.shape)}")
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name} has dtype {tensor.dtype}; supported: float16, bfloat16, float32, float64")
+    if channels is not None:
+        allowed = (channels,) if isinstance(channels, int) else channels
+        if tensor.shape[1] not in allowed:
+            want = " or ".join(str(c) for c in allowed)
+            raise ValueError(f"{name} must have {want} channels, got shape {tuple(tensor.shape)}")
+    if any(s == 0 for s in tensor.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(tensor.shape)}")
+
+
+def check_same(names: tuple[str, str], a: torch.Tensor, b: torch.Tensor, *, batch_hw: bool = True,
+               channels: bool = False) -> None:
+    """Raise ValueError unless `a` and `b` agree in device, dtype, and batch/height/width (and channels)."""
+    na, nb = names
+    if a.device != b.device:
+        raise ValueError(f"{na} is on {a.device} but {nb} is on {b.device}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{na} has dtype {a.dtype} but {nb} has dtype {b.dtype}")
+    if batch_hw and (a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]):
+        raise ValueError(f"{na} {tuple(a.shape)} and {nb} {tuple(b.shape)} must share batch, height and width")
+    if channels and a.shape[1] != b.shape[1]:
+        raise ValueError(f"{na} {tuple(a.shape)} and {nb} {tuple(b.shape)} must have the same channel count")
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return `value` as int, raising ValueError unless it is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
+
+
+def pointer_type(dtype: torch.dtype) -> str:
+    """Triton signature string of a pointer to `dtype` elements, e.g. '*fp32'."""
+    return _POINTER_TYPES[dtype]
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """One kernel launch configuration, for compiling ahead of time (`pvd.kernels.compile_check`).
+
+    signature maps each runtime argument to a Triton type ('*fp32', 'i32', ...); constexprs maps each
+    tl.constexpr argument to the value the launcher passes.
+    """
+
+    name: str
+    kernel: object
+    dtype: torch.dtype
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int = 3

@@ -1,0 +1,245 @@
+"""Bilinear backward warp: Triton forward/backward kernels, launcher, and the `pvd::warp` custom op.
+
+`warp(x, flow)[b, c, y, x] = x[b, c]` sampled bilinearly at `(x + flow[b, 0, y, x], y + flow[b, 1, y, x])`
+(pixels); every tap outside the image contributes 0, exactly
+`F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)`. A non-finite flow
+vector gives 0 and zero gradients. Reference twin: `pvd.kernels.reference.warp`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from . import reference
+from ._common import CompileSpec, check_same, check_tensor, pointer_type, use_triton
+
+BLOCK_PIXELS = 256
+NUM_WARPS = 4
+
+
+@triton.jit
+def _bilinear_taps(flow_base, offs, in_range, H, W, stride_fc, stride_fh, stride_fw, ACC: tl.constexpr):
+    """Sample position of each pixel in `offs` as the top-left tap (x0, y0) and the fractional weights."""
+    py = offs // W
+    px = offs % W
+    flow_offset = py * stride_fh + px * stride_fw
+    flow_x = tl.load(flow_base + flow_offset, mask=in_range, other=0.0).to(ACC)
+    flow_y = tl.load(flow_base + stride_fc + flow_offset, mask=in_range, other=0.0).to(ACC)
+    # x - x is 0 for finite x, NaN for NaN and +-inf.
+    finite = ((flow_x - flow_x) == 0) & ((flow_y - flow_y) == 0)
+    sample_x = tl.where(finite, px.to(ACC) + flow_x, -2.0)
+    sample_y = tl.where(finite, py.to(ACC) + flow_y, -2.0)
+    # Far-away samples are clamped into a band where all four taps are still outside (exact, no overflow).
+    sample_x = tl.minimum(tl.maximum(sample_x, -2.0), W + 1.0)
+    sample_y = tl.minimum(tl.maximum(sample_y, -2.0), H + 1.0)
+    x0f = tl.floor(sample_x)
+    y0f = tl.floor(sample_y)
+    frac_x = sample_x - x0f
+    frac_y = sample_y - y0f
+    return x0f.to(tl.int32), y0f.to(tl.int32), frac_x, frac_y
+
+
+@triton.jit
+def _warp_forward_kernel(
+    x_ptr, flow_ptr, out_ptr,
+    C, H, W,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_fb, stride_fc, stride_fh, stride_fw,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid_pixels = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < H * W
+    x0, y0, frac_x, frac_y = _bilinear_taps(flow_ptr + batch * stride_fb, offs, in_range, H, W,
+                                            stride_fc, stride_fh, stride_fw, ACC)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    ok_x0 = (x0 >= 0) & (x0 < W)
+    ok_x1 = (x1 >= 0) & (x1 < W)
+    ok_y0 = (y0 >= 0) & (y0 < H)
+    ok_y1 = (y1 >= 0) & (y1 < H)
+    m00 = in_range & ok_x0 & ok_y0
+    m01 = in_range & ok_x1 & ok_y0
+    m10 = in_range & ok_x0 & ok_y1
+    m11 = in_range & ok_x1 & ok_y1
+    w00 = (1.0 - frac_x) * (1.0 - frac_y)
+    w01 = frac_x * (1.0 - frac_y)
+    w10 = (1.0 - frac_x) * frac_y
+    w11 = frac_x * frac_y
+    o00 = y0 * stride_xh + x0 * stride_xw
+    o01 = y0 * stride_xh + x1 * stride_xw
+    o10 = y1 * stride_xh + x0 * stride_xw
+    o11 = y1 * stride_xh + x1 * stride_xw
+    x_base = x_ptr + batch * stride_xb
+    out_base = out_ptr + batch * C * H * W + offs
+    for c in range(C):
+        plane = x_base + c * stride_xc
+        value = w00 * tl.load(plane + o00, mask=m00, other=0.0).to(ACC)
+        value += w01 * tl.load(plane + o01, mask=m01, other=0.0).to(ACC)
+        value += w10 * tl.load(plane + o10, mask=m10, other=0.0).to(ACC)
+        value += w11 * tl.load(plane + o11, mask=m11, other=0.0).to(ACC)
+        tl.store(out_base + c * H * W, value.to(out_ptr.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
+def _warp_backward_kernel(
+    x_ptr, flow_ptr, grad_out_ptr, grad_x_ptr, grad_flow_ptr,
+    C, H, W,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_fb, stride_fc, stride_fh, stride_fw,
+    stride_gb, stride_gc, stride_gh, stride_gw,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC)."""
+    pid_pixels = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < H * W
+    x0, y0, frac_x, frac_y = _bilinear_taps(flow_ptr + batch * stride_fb, offs, in_range, H, W,
+                                            stride_fc, stride_fh, stride_fw, ACC)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    ok_x0 = (x0 >= 0) & (x0 < W)
+    ok_x1 = (x1 >= 0) & (x1 < W)
+    ok_y0 = (y0 >= 0) & (y0 < H)
+    ok_y1 = (y1 >= 0) & (y1 < H)
+    m00 = in_range & ok_x0 & ok_y0
+    m01 = in_range & ok_x1 & ok_y0
+    m10 = in_range & ok_x0 & ok_y1
+    m11 = in_range & ok_x1 & ok_y1
+    w00 = (1.0 - frac_x) * (1.0 - frac_y)
+    w01 = frac_x * (1.0 - frac_y)
+    w10 = (1.0 - frac_x) * frac_y
+    w11 = frac_x * frac_y
+    o00 = y0 * stride_xh + x0 * stride_xw
+    o01 = y0 * stride_xh + x1 * stride_xw
+    o10 = y1 * stride_xh + x0 * stride_xw
+    o11 = y1 * stride_xh + x1 * stride_xw
+    # grad_x is a contiguous (B, C, H, W) buffer.
+    g00 = y0 * W + x0
+    g01 = y0 * W + x1
+    g10 = y1 * W + x0
+    g11 = y1 * W + x1
+    py = offs // W
+    px = offs % W
+    x_base = x_ptr + batch * stride_xb
+    grad_out_base = grad_out_ptr + batch * stride_gb + py * stride_gh + px * stride_gw
+    grad_x_base = grad_x_ptr + batch * C * H * W
+    grad_fx = tl.zeros([BLOCK], dtype=ACC)
+    grad_fy = tl.zeros([BLOCK], dtype=ACC)
+    for c in range(C):
+        g = tl.load(grad_out_base + c * stride_gc, mask=in_range, other=0.0).to(ACC)
+        plane = x_base + c * stride_xc
+        v00 = tl.load(plane + o00, mask=m00, other=0.0).to(ACC)
+        v01 = tl.load(plane + o01, mask=m01, other=0.0).to(ACC)
+        v10 = tl.load(plane + o10, mask=m10, other=0.0).to(ACC)
+        v11 = tl.load(plane + o11, mask=m11, other=0.0).to(ACC)
+        grad_fx += g * ((v01 - v00) * (1.0 - frac_y) + (v11 - v10) * frac_y)
+        grad_fy += g * ((v10 - v00) * (1.0 - frac_x) + (v11 - v01) * frac_x)
+        grad_plane = grad_x_base + c * H * W
+        tl.atomic_add(grad_plane + g00, g * w00, mask=m00, sem="relaxed")
+        tl.atomic_add(grad_plane + g01, g * w01, mask=m01, sem="relaxed")
+        tl.atomic_add(grad_plane + g10, g * w10, mask=m10, sem="relaxed")
+        tl.atomic_add(grad_plane + g11, g * w11, mask=m11, sem="relaxed")
+    grad_flow_base = grad_flow_ptr + batch * 2 * H * W + offs
+    tl.store(grad_flow_base, grad_fx, mask=in_range)
+    tl.store(grad_flow_base + H * W, grad_fy, mask=in_range)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _grid(batch: int, height: int, width: int):
+    return (triton.cdiv(height * width, BLOCK_PIXELS), batch)
+
+
+@triton_op("pvd::warp", mutates_args={})
+def _warp_op(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    out = torch.empty((batch, channels, height, width), device=x.device, dtype=x.dtype)
+    wrap_triton(_warp_forward_kernel)[_grid(batch, height, width)](
+        x, flow, out, channels, height, width, *x.stride(), *flow.stride(),
+        ACC=_tl_acc(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+    return out
+
+
+@triton_op("pvd::warp_backward", mutates_args={})
+def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, channels, height, width = x.shape
+    acc = _acc_dtype(x.dtype)
+    grad_x = torch.zeros((batch, channels, height, width), device=x.device, dtype=acc)
+    grad_flow = torch.empty((batch, 2, height, width), device=x.device, dtype=acc)
+    wrap_triton(_warp_backward_kernel)[_grid(batch, height, width)](
+        x, flow, grad_out, grad_x, grad_flow, channels, height, width,
+        *x.stride(), *flow.stride(), *grad_out.stride(),
+        ACC=_tl_acc(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+    return grad_x.to(x.dtype), grad_flow.to(flow.dtype)
+
+
+@_warp_op.register_fake
+def _(x, flow):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@_warp_backward_op.register_fake
+def _(x, flow, grad_out):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(flow, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    x, flow = inputs
+    ctx.save_for_backward(x, flow)
+
+
+def _backward(ctx, grad_out):
+    x, flow = ctx.saved_tensors
+    grad_x, grad_flow = _warp_backward_op(x, flow, grad_out)
+    return grad_x, grad_flow
+
+
+_warp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Bilinear backward warp of `x` (B, C, H, W) by `flow` (B, 2, H, W) in pixels (x then y); zero padding.
+
+    Returns (B, C, H, W) in x's dtype. Differentiable w.r.t. x and flow. CUDA tensors (and CPU tensors
+    under TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `reference.warp`.
+    """
+    check_tensor("x", x, 4)
+    check_tensor("flow", flow, 4, channels=2)
+    check_same(("x", "flow"), x, flow)
+    if use_triton(x):
+        return _warp_op(x, flow)
+    return reference.warp(x, flow)
+
+
+def compile_specs() -> list[CompileSpec]:
+    """Every kernel/launch configuration this module can launch, for the ahead-of-time compile check."""
+    specs = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        ptr = pointer_type(dtype)
+        acc_ptr = pointer_type(_acc_dtype(dtype))
+        consts = {"ACC": _tl_acc(dtype), "BLOCK": BLOCK_PIXELS}
+        strides = {f"stride_{t}{d}": "i32" for t in "xf" for d in "bchw"}
+        specs.append(CompileSpec(
+            "warp_forward", _warp_forward_kernel, dtype,
+            {"x_ptr": ptr, "flow_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32", **strides},
+            consts, NUM_WARPS))
+        grad_strides = {f"stride_g{d}": "i32" for d in "bchw"}
+        specs.append(CompileSpec(
+            "warp_backward", _warp_backward_kernel, dtype,
+            {"x_ptr": ptr, "flow_ptr": ptr, "grad_out_ptr": ptr, "grad_x_ptr": acc_ptr, "grad_flow_ptr": acc_ptr,
+             "C": "i32", "H": "i32", "W": "i32", **strides, **grad_strides},
+            consts, NUM_WARPS))
+    return specs

@@ -5,6 +5,8 @@ tensors (and on CPU tensors when TRITON_INTERPRET=1) or the reference in `pvd.ke
 """
 
 from . import reference
+from .correlation import correlation
+from .pixel_volume import pixel_volume
 from .warp import warp
 
-__all__ = ["reference", "warp"]
+__all__ = ["correlation", "pixel_volume", "reference", "warp"]

@@ -20,7 +20,15 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
-from ._common import CompileSpec, check_positive_int, check_same, check_tensor, pointer_type, use_triton
+from ._common import (
+    CompileSpec,
+    check_positive_int,
+    check_same,
+    check_tensor,
+    pointer_type,
+    tl_acc_dtype,
+    use_triton,
+)
 
 # Forward: one program per (block of BLOCK_P output pixels, displacement); it walks the channels BLOCK_C at a
 # time. Each thread owns one pixel and the BLOCK_C channels of the chunk, so the channel sum stays in-thread.
@@ -129,9 +137,6 @@ def _correlation_backward_kernel(
              mask=in_range[:, None] & channel_ok)
 
 
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
 
 def _channel_block(dtype: torch.dtype) -> int:
     return CHANNEL_BLOCK_FLOAT64 if dtype == torch.float64 else CHANNEL_BLOCK
@@ -150,7 +155,7 @@ def _correlation_op(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int, s
     grid = (triton.cdiv(out_h * out_w, PIXEL_BLOCK) * size * size, batch)
     wrap_triton(_correlation_forward_kernel)[grid](
         f1, f2, out, channels, out_h, out_w, max_displacement, stride, *f1.stride(), *f2.stride(),
-        ACC=_tl_acc(f1.dtype), BLOCK_C=_channel_block(f1.dtype), BLOCK_P=PIXEL_BLOCK, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(f1.dtype), BLOCK_C=_channel_block(f1.dtype), BLOCK_P=PIXEL_BLOCK, num_warps=NUM_WARPS)
     return out
 
 
@@ -169,7 +174,7 @@ def _correlation_backward_op(f1: torch.Tensor, f2: torch.Tensor, grad_out: torch
         wrap_triton(_correlation_backward_kernel)[grid](
             grad_out, other, grad, channels, height, width, out_h, out_w, max_displacement, stride,
             *grad_out.stride(), *other.stride(),
-            ACC=_tl_acc(f1.dtype), BLOCK_C=block_c, BLOCK_P=PIXEL_BLOCK, WRT_F2=wrt_f2,
+            ACC=tl_acc_dtype(f1.dtype), BLOCK_C=block_c, BLOCK_P=PIXEL_BLOCK, WRT_F2=wrt_f2,
             num_warps=NUM_WARPS)
     return grad_f1, grad_f2
 
@@ -227,7 +232,7 @@ def compile_specs() -> list[CompileSpec]:
     grid_args = {name: "i32" for name in ("OUT_H", "OUT_W", "MAX_DISP", "STRIDE")}
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         ptr = pointer_type(dtype)
-        blocks = {"ACC": _tl_acc(dtype), "BLOCK_C": _channel_block(dtype), "BLOCK_P": PIXEL_BLOCK}
+        blocks = {"ACC": tl_acc_dtype(dtype), "BLOCK_C": _channel_block(dtype), "BLOCK_P": PIXEL_BLOCK}
         forward_strides = {f"stride_{t}{d}": "i32" for t in "12" for d in "bchw"}
         specs.append(CompileSpec(
             "correlation_forward", _correlation_forward_kernel, dtype,

@@ -17,7 +17,16 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
-from ._common import CompileSpec, check_positive_int, check_same, check_tensor, pointer_type, use_triton
+from ._common import (
+    CompileSpec,
+    acc_dtype,
+    check_positive_int,
+    check_same,
+    check_tensor,
+    pointer_type,
+    tl_acc_dtype,
+    use_triton,
+)
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 8
@@ -156,12 +165,6 @@ def _pixel_volume_backward_kernel(
             tl.store(grad_fill_base + 2 * H * W, (grad_fill_gray * _GRAY_BLUE).to(out_ty), mask=in_range)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _grid(batch: int, height: int, width: int):
@@ -175,7 +178,7 @@ def _pixel_volume_op(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor
     wrap_triton(_pixel_volume_forward_kernel)[_grid(batch, height, width)](
         image, flow, fill, out, height, width, *image.stride(), *flow.stride(), *fill.stride(),
         IMAGE_CHANNELS=image_channels, FILL_CHANNELS=fill.shape[1], KERNEL_SIZE=kernel_size,
-        ACC=_tl_acc(image.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(image.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     return out
 
 
@@ -186,7 +189,7 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
     """(grad_image (B, image_channels, H, W), grad_fill (B, fill_channels, H, W)) in flow's dtype;
     a gradient that is not needed comes back as an empty (0,) tensor."""
     batch, _, height, width = flow.shape
-    acc = _acc_dtype(flow.dtype)
+    acc = acc_dtype(flow.dtype)
     grad_image_gray = torch.zeros((batch, 1, height, width) if need_image_grad else (0,), device=flow.device,
                                   dtype=acc)
     grad_fill = torch.empty((batch, fill_channels, height, width) if need_fill_grad else (0,), device=flow.device,
@@ -194,7 +197,7 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
     wrap_triton(_pixel_volume_backward_kernel)[_grid(batch, height, width)](
         flow, grad_out, grad_image_gray, grad_fill, height, width, *flow.stride(), *grad_out.stride(),
         FILL_CHANNELS=fill_channels, KERNEL_SIZE=kernel_size, NEED_IMAGE_GRAD=need_image_grad,
-        NEED_FILL_GRAD=need_fill_grad, ACC=_tl_acc(flow.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        NEED_FILL_GRAD=need_fill_grad, ACC=tl_acc_dtype(flow.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     if need_image_grad and image_channels == 3:
         # d gray / d channel is the channel's gray weight.
         grad_image_gray = torch.cat([grad_image_gray * weight for weight in reference.GRAY_WEIGHTS], dim=1)
@@ -274,14 +277,14 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         ptr = pointer_type(dtype)
-        acc_ptr = pointer_type(_acc_dtype(dtype))
+        acc_ptr = pointer_type(acc_dtype(dtype))
         for channels in (3, 1):
             specs.append(CompileSpec(
                 f"pixel_volume_forward_c{channels}", _pixel_volume_forward_kernel, dtype,
                 {"image_ptr": ptr, "flow_ptr": ptr, "fill_ptr": ptr, "out_ptr": ptr, "H": "i32", "W": "i32",
                  **_stride_args("i", "f", "p")},
                 {"IMAGE_CHANNELS": channels, "FILL_CHANNELS": channels, "KERNEL_SIZE": DEFAULT_KERNEL_SIZE,
-                 "ACC": _tl_acc(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
+                 "ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
             for need_image_grad, need_fill_grad in ((True, True), (True, False), (False, True)):
                 specs.append(CompileSpec(
                     f"pixel_volume_backward_c{channels}_image{int(need_image_grad)}_fill{int(need_fill_grad)}",
@@ -290,5 +293,5 @@ def compile_specs() -> list[CompileSpec]:
                      "H": "i32", "W": "i32", **_stride_args("f", "g")},
                     {"FILL_CHANNELS": channels, "KERNEL_SIZE": DEFAULT_KERNEL_SIZE,
                      "NEED_IMAGE_GRAD": need_image_grad, "NEED_FILL_GRAD": need_fill_grad,
-                     "ACC": _tl_acc(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
+                     "ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
     return specs

@@ -14,7 +14,15 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
-from ._common import CompileSpec, check_same, check_tensor, pointer_type, use_triton
+from ._common import (
+    CompileSpec,
+    acc_dtype,
+    check_same,
+    check_tensor,
+    pointer_type,
+    tl_acc_dtype,
+    use_triton,
+)
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 4
@@ -150,12 +158,6 @@ def _warp_backward_kernel(
     tl.store(grad_flow_base + H * W, grad_fy, mask=in_range)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _grid(batch: int, height: int, width: int):
@@ -168,20 +170,20 @@ def _warp_op(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     out = torch.empty((batch, channels, height, width), device=x.device, dtype=x.dtype)
     wrap_triton(_warp_forward_kernel)[_grid(batch, height, width)](
         x, flow, out, channels, height, width, *x.stride(), *flow.stride(),
-        ACC=_tl_acc(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     return out
 
 
 @triton_op("pvd::warp_backward", mutates_args={})
 def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = x.shape
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     grad_x = torch.zeros((batch, channels, height, width), device=x.device, dtype=acc)
     grad_flow = torch.empty((batch, 2, height, width), device=x.device, dtype=acc)
     wrap_triton(_warp_backward_kernel)[_grid(batch, height, width)](
         x, flow, grad_out, grad_x, grad_flow, channels, height, width,
         *x.stride(), *flow.stride(), *grad_out.stride(),
-        ACC=_tl_acc(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     return grad_x.to(x.dtype), grad_flow.to(flow.dtype)
 
 
@@ -229,8 +231,8 @@ def compile_specs() -> list[CompileSpec]:
     specs = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         ptr = pointer_type(dtype)
-        acc_ptr = pointer_type(_acc_dtype(dtype))
-        consts = {"ACC": _tl_acc(dtype), "BLOCK": BLOCK_PIXELS}
+        acc_ptr = pointer_type(acc_dtype(dtype))
+        consts = {"ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}
         strides = {f"stride_{t}{d}": "i32" for t in "xf" for d in "bchw"}
         specs.append(CompileSpec(
             "warp_forward", _warp_forward_kernel, dtype,

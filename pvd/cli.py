@@ -14,6 +14,10 @@ from . import __version__
 
 COMMANDS = {
     # name: (module, one-line help)
+    "synth": ("pvd.commands.synth", "render synthetic blurry videos with sharp frames and ground-truth flow"),
+    "deblur": ("pvd.commands.deblur", "deblur a video file, a frame folder, or a folder of those"),
+    "convert": ("pvd.commands.convert", "convert an original PVDNet .pytorch checkpoint to pvd safetensors"),
+    "eval": ("pvd.commands.eval", "score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)"),
 }
 
 

@@ -1,0 +1,56 @@
+"""`pvd deblur INPUT -o OUTPUT`: deblur videos with PVDNet (a thin layer over `pvd.pipeline.deblur_video`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pvd import pipeline
+
+    parser = subparsers.add_parser(
+        "deblur", help="deblur a video file, a frame folder, or a folder of those",
+        description="Deblur a video (mp4/avi/mov), a folder of png/jpg frames, or a folder of such videos with "
+                    "PVDNet. Each output has the input's frame count and frame size.")
+    parser.add_argument("input", help="video file, folder of frames, or folder of videos / frame folders")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output: a frame folder, or OUTPUT.mp4; for a folder of videos, a folder that gets "
+                             "<name>/ and/or <name>.mp4 per video")
+    parser.add_argument("--weights", default=None,
+                        help=f"pvd checkpoint (.safetensors); default {pipeline.DEFAULT_WEIGHTS} if it exists")
+    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
+    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
+                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
+    parser.add_argument("--size-policy", choices=pipeline.SIZE_POLICIES, default="pad",
+                        help="pad: any size, full frame out (default); original: the original code's "
+                             "multiple-of-4 crop, for faithful comparison")
+    parser.add_argument("--side-by-side", action="store_true", help="write input | output, side by side")
+    parser.add_argument("--format", choices=pipeline.OUTPUT_FORMATS, default=None,
+                        help="png frames, mp4 video, or both (default: mp4 if OUTPUT ends in .mp4, else png)")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="run random weights when no trained weights are found (for testing only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA, long videos)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pvd import pipeline
+
+    try:
+        results = pipeline.deblur_video(
+            args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
+            size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
+            allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
+            compile=args.compile)
+    except (ValueError, OSError) as error:  # bad input or options, unwritable output
+        print(f"pvd deblur: error: {error}", file=sys.stderr)
+        return 1
+    for result in results:
+        outputs = ", ".join(str(path) for path in result.outputs)
+        print(f"{result.name}: {result.frames} frames in {result.seconds:.1f} s "
+              f"({result.frames_per_second:.2f} frames/s) -> {outputs}")
+    return 0

@@ -1,0 +1,64 @@
+"""`pvd eval DATA_ROOT -o OUT`: deblur a data set with ground truth and score it (a thin layer over `pvd.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pvd import metrics, pipeline
+    from pvd.evaluate import GROUND_TRUTH_LAYOUTS
+
+    parser = subparsers.add_parser(
+        "eval", help="score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)",
+        description="Deblur every video of a DVD / GoPro / synthetic data set and score each frame against its "
+                    "sharp frame: plain PSNR/SSIM (the original Python evaluation) and aligned PSNR/SSIM (the "
+                    "paper's MATLAB protocol). Writes scores.csv, summary.json and summary.md to OUTPUT.")
+    parser.add_argument("data_root", help="data set root: <root>/<video>/{input,GT} (DVD) or "
+                                          "<root>/<video>/{blur_gamma|blur,sharp} (GoPro, synthetic)")
+    parser.add_argument("-o", "--output", required=True, help="folder for scores.csv, summary.json, summary.md")
+    parser.add_argument("--weights", default=None,
+                        help=f"pvd checkpoint of the full model; default {pipeline.DEFAULT_WEIGHTS} if it exists")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="score random weights when no trained weights are found (for testing only)")
+    parser.add_argument("--large", action="store_true", help="with --allow-untrained: random PVDNet-large")
+    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
+    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
+                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
+    parser.add_argument("--size-policy", choices=pipeline.SIZE_POLICIES, default="pad",
+                        help="pad: full frames (default); original: the original code's multiple-of-4 crop and "
+                             "flow limited to the multiple-of-32 crop, for faithful comparison")
+    parser.add_argument("--layout", choices=GROUND_TRUTH_LAYOUTS, default=None, help="default: detected")
+    parser.add_argument("--blurry-folder", default=None,
+                        help="GoPro layout: blurry frame folder (default blur_gamma, else blur)")
+    parser.add_argument("--limit-videos", type=int, default=None, metavar="N", help="score only the first N videos")
+    parser.add_argument("--limit-frames", type=int, default=None, metavar="N",
+                        help="score only the first N frames of each video")
+    parser.add_argument("--plain-ssim-window", choices=("uniform", "gaussian"), default="uniform",
+                        help="SSIM window of the plain score: uniform 7x7 (the original Python evaluation, "
+                             "default) or gaussian 11x11 sigma 1.5")
+    parser.add_argument("--border", type=int, default=metrics.EVAL_BORDER,
+                        help="border cropped by the aligned protocol, pixels (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing score files in OUTPUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pvd import evaluate
+
+    try:
+        summary = evaluate.evaluate(
+            args.data_root, args.output, weights=args.weights, allow_untrained=args.allow_untrained,
+            large=args.large, device=args.device, precision=args.precision, size_policy=args.size_policy,
+            layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
+            limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
+            overwrite=args.overwrite, progress=not args.quiet)
+    except ValueError as error:
+        print(f"pvd eval: error: {error}", file=sys.stderr)
+        return 1
+    print(evaluate.markdown_summary(summary))
+    print(f"wrote {args.output}/{{{', '.join(evaluate.OUTPUT_NAMES)}}}")
+    return 0

@@ -1,0 +1,251 @@
+"""Quantitative evaluation: run a model over a data set with ground truth and score every frame.
+
+    evaluate(data_root, output_dir, weights=..., ...) -> summary dict
+
+For every video of a DVD / GoPro / synthetic data set (`pvd.data.datasets`, layouts "dvd" and "gopro"),
+the model deblurs the frames in order (`pvd.pipeline.VideoDeblurrer`) and each output is scored against
+its sharp frame with `pvd.metrics.frame_scores`:
+- plain PSNR / SSIM: the original Python evaluation (whole frame, RGB, float output as it is);
+- aligned PSNR / SSIM: the paper's MATLAB protocol (16-pixel border crop, least-squares intensity scale,
+  integer DFT registration, luma, Gaussian SSIM, output stored as 8 bits).
+The ground truth is cropped to the output's size (the 'original' size policy outputs the top-left
+multiple-of-4 crop; the original evaluation crops both alike).
+
+Means, as the originals take them: plain over all scored frames of all videos (the Python evaluation);
+aligned over all frames but each video's first (the MATLAB evaluation starts at frame 2). `seconds` is the
+wall time of the pipeline call that produced the frame (GPU synchronised; frame decoding and scoring
+excluded).
+
+Outputs in `output_dir` (each written to a temporary name, then renamed):
+- scores.csv: video, frame, index, psnr, ssim, psnr_aligned, ssim_aligned, seconds (one row per frame);
+- summary.json: per-video and overall means, frame counts, timing, and the settings used;
+- summary.md: the same as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import datetime
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+import pvd
+
+from . import metrics, pipeline
+from .data import datasets
+
+SCORE_KEYS = ("psnr", "ssim", "psnr_aligned", "ssim_aligned")
+CSV_COLUMNS = ("video", "frame", "index") + SCORE_KEYS + ("seconds",)
+SCORES_NAME = "scores.csv"
+SUMMARY_JSON_NAME = "summary.json"
+SUMMARY_MD_NAME = "summary.md"
+OUTPUT_NAMES = (SCORES_NAME, SUMMARY_JSON_NAME, SUMMARY_MD_NAME)
+# The MATLAB evaluation scores frames 2..N of each video: frames before this index are left out of its mean.
+FIRST_ALIGNED_INDEX = 1
+GROUND_TRUTH_LAYOUTS = ("dvd", "gopro")
+
+
+def _check_limit(name: str, value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _videos_with_ground_truth(data_root: Path, layout: str | None, blurry_folder: str | None):
+    layout = datasets.detect_layout(data_root) if layout is None else layout
+    if layout not in GROUND_TRUTH_LAYOUTS:
+        raise ValueError(
+            f"{data_root}: layout {layout!r} has no ground-truth frames; evaluation needs sharp frames "
+            f"(DVD: <video>/input/ + <video>/GT/, GoPro: <video>/blur_gamma/ or blur/ + <video>/sharp/). "
+            f"To deblur without ground truth use `pvd deblur {data_root} -o OUTPUT`")
+    return layout, datasets.list_videos(data_root, layout, blurry_folder)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def _json_number(value: float | None) -> float | None:
+    """JSON has no inf/NaN: such values (identical frames give PSNR inf) are written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _aggregate(rows: list[dict]) -> dict:
+    """Means of one video's (or all videos') rows, by the conventions of the module docstring."""
+    aligned_rows = [row for row in rows if row["index"] >= FIRST_ALIGNED_INDEX]
+    total_seconds = sum(row["seconds"] for row in rows)
+    return {
+        "frames": len(rows),
+        "aligned_frames": len(aligned_rows),
+        "psnr": _json_number(_mean(row["psnr"] for row in rows)),
+        "ssim": _json_number(_mean(row["ssim"] for row in rows)),
+        "psnr_aligned": _json_number(_mean(row["psnr_aligned"] for row in aligned_rows)),
+        "ssim_aligned": _json_number(_mean(row["ssim_aligned"] for row in aligned_rows)),
+        "seconds_per_frame": _json_number(total_seconds / len(rows)) if rows else None,
+    }
+
+
+def _format(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_summary(summary: dict) -> str:
+    """The summary as Markdown: settings and one table row per video plus the overall means."""
+    settings = summary["settings"]
+    lines = [
+        f"# Evaluation of {settings['weights'] or 'an in-memory model'} on {settings['data_root']}",
+        "",
+        f"Layout {settings['layout']}, device {settings['device']}, precision {settings['precision']}, "
+        f"size policy {settings['size_policy']}, pvd {settings['pvd_version']}, {settings['date']}.",
+        "Plain: whole frame, RGB, SSIM window " + settings["plain_ssim_window"] + " (all frames). Aligned: the "
+        f"paper's MATLAB protocol ({settings['border']}-px crop, intensity fit, DFT registration, luma; each "
+        "video's first frame excluded).",
+        "",
+        "| video | frames | PSNR | SSIM | PSNR aligned | SSIM aligned | s/frame |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    entries = [(name, scores) for name, scores in summary["videos"].items()] + [("**all**", summary["overall"])]
+    for name, scores in entries:
+        lines.append(f"| {name} | {scores['frames']} | {_format(scores['psnr'], 2)} | {_format(scores['ssim'], 4)} | "
+                     f"{_format(scores['psnr_aligned'], 2)} | {_format(scores['ssim_aligned'], 4)} | "
+                     f"{_format(scores['seconds_per_frame'], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames, limit_frames: int | None,
+                 device: torch.device, score_options: dict, progress: bool) -> Iterable[dict]:
+    """Deblur one video and yield a score row per frame, in order."""
+    from tqdm import tqdm
+
+    frame_count = len(video) if limit_frames is None else min(len(video), limit_frames)
+    pending: collections.deque = collections.deque()  # (index, name, sharp) awaiting their output
+    deblurrer.reset()
+
+    def scored(output: torch.Tensor, seconds: float) -> dict:
+        index, name, sharp = pending.popleft()
+        height, width = output.shape[-2:]
+        result = (output + 1) / 2  # [-1, 1] -> [0, 1], not clamped (the Python evaluation scores it as is)
+        truth = (sharp[..., :height, :width].to(device).unsqueeze(0) + 1) / 2
+        scores = metrics.frame_scores(result, truth, **score_options)
+        row = {"video": video.name, "frame": name, "index": index, "seconds": seconds}
+        row.update({key: value.item() for key, value in scores.items()})
+        return row
+
+    with tqdm(total=frame_count, unit="frame", desc=video.name, disable=not progress, dynamic_ncols=True) as bar:
+        for pair in itertools.islice(datasets.iter_frames(video), frame_count):
+            pending.append((pair.index, pair.name, pair.sharp))
+            blurry = pair.blurry.to(device).unsqueeze(0)
+            _synchronize(device)
+            start = time.perf_counter()
+            output = deblurrer.push(blurry)
+            _synchronize(device)
+            if output is not None:
+                yield scored(output, time.perf_counter() - start)
+                bar.update(1)
+        start = time.perf_counter()
+        output = deblurrer.flush()
+        _synchronize(device)
+        if output is not None:
+            yield scored(output, time.perf_counter() - start)
+            bar.update(1)
+
+
+def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, model=None,
+             weights: str | os.PathLike | None = None, allow_untrained: bool = False, large: bool = False,
+             device: str | torch.device = "auto", precision: str = "auto", size_policy: str = "pad",
+             layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
+             limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
+             overwrite: bool = False, progress: bool = True) -> dict:
+    """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
+
+    model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
+    large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
+    first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
+    evaluation) or "gaussian". Returns the summary (as in summary.json). Raises ValueError for a data set
+    without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
+    existing outputs without `overwrite`.
+    """
+    data_root, output_dir = Path(data_root), Path(output_dir)
+    limit_videos = _check_limit("limit_videos", limit_videos)
+    limit_frames = _check_limit("limit_frames", limit_frames)
+    if plain_ssim_window not in ("uniform", "gaussian"):
+        raise ValueError(f"plain_ssim_window must be 'uniform' or 'gaussian', got {plain_ssim_window!r}")
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
+    layout, videos = _videos_with_ground_truth(data_root, layout, blurry_folder)
+    videos = videos[:limit_videos]
+    existing = [name for name in OUTPUT_NAMES if (output_dir / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{output_dir} already holds {', '.join(existing)} (use overwrite=True / --overwrite)")
+
+    dev = pipeline.resolve_device(device)
+    pipeline.resolve_precision(precision, dev)
+    weights_used = str(weights) if weights is not None else None
+    if model is None:
+        model = pipeline.load_model(weights, device=dev, allow_untrained=allow_untrained, large=large)
+        if weights is None:
+            default = pipeline.DEFAULT_WEIGHTS
+            weights_used = str(default) if default.is_file() else "random (untrained) weights"
+    deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
+    score_options = {"border": border, "plain_ssim_window": plain_ssim_window}
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows_by_video: dict[str, list[dict]] = {}
+    handle, scores_temporary = tempfile.mkstemp(prefix=f".{SCORES_NAME}.", suffix=".tmp", dir=output_dir)
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for video in videos:
+                rows = rows_by_video.setdefault(video.name, [])
+                for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress):
+                    rows.append(row)
+                    writer.writerow({key: row[key] for key in CSV_COLUMNS})
+                    file.flush()
+        summary = {
+            "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
+            "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
+            "settings": {
+                "data_root": str(data_root), "layout": layout, "weights": weights_used,
+                "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
+                "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
+                "plain_ssim_window": plain_ssim_window, "limit_videos": limit_videos, "limit_frames": limit_frames,
+                "pvd_version": pvd.__version__, "torch_version": torch.__version__,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        }
+        _write_atomically(output_dir / SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        _write_atomically(output_dir / SUMMARY_MD_NAME, markdown_summary(summary))
+        os.replace(scores_temporary, output_dir / SCORES_NAME)
+    except BaseException:
+        Path(scores_temporary).unlink(missing_ok=True)
+        raise
+    return summary

@@ -1,0 +1,229 @@
+"""`pvd deblur` and `pvd convert`: outputs, the untrained-weights refusal, bad inputs, checkpoint conversion."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pvd import pipeline, weights
+from pvd.cli import main
+from pvd.nets import DeblurNet
+
+
+@pytest.fixture(autouse=True)
+def reference_kernels(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture(autouse=True)
+def no_default_weights(monkeypatch, tmp_path_factory):
+    """Tests never pick up a real default checkpoint: they pass --weights or --allow-untrained."""
+    monkeypatch.setattr(pipeline, "DEFAULT_WEIGHTS", tmp_path_factory.mktemp("w") / "absent.safetensors")
+
+
+class TinyModel(nn.Module):
+    """Stand-in for the networks in tests about files: identity-plus-conv with the real interfaces."""
+
+    def __init__(self):
+        super().__init__()
+        self.bimnet = _TinyFlow()
+        self.pvdnet = _TinyDeblur()
+
+
+class _TinyFlow(nn.Module):
+    def forward(self, image1, image2):
+        assert image1.shape[-1] % 32 == 0 and image1.shape[-2] % 32 == 0
+        return torch.zeros(image1.shape[0], 2, image1.shape[2] // 2, image1.shape[3] // 2)
+
+
+class _TinyDeblur(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(25, 3, 1)
+
+    def forward(self, pixel_volume, prev, curr, next):  # noqa: A002
+        return curr + 0.01 * self.conv(pixel_volume)
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    model = TinyModel()
+    monkeypatch.setattr(pipeline, "load_model", lambda *args, **kwargs: model)
+    return model
+
+
+def _frames(count, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return [cv2.resize(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), (width, height)) for _ in range(count)]
+
+
+def _frame_folder(folder, count, height, width, seed=0):
+    folder.mkdir(parents=True)
+    for index, frame in enumerate(_frames(count, height, width, seed)):
+        assert cv2.imwrite(str(folder / f"{index:03d}.png"), frame[:, :, ::-1])
+    return folder
+
+
+def _mp4(path, count, height, width):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
+    for frame in _frames(count, height, width):
+        writer.write(frame[:, :, ::-1].copy())
+    writer.release()
+    return path
+
+
+def _video_shape(path):
+    capture = cv2.VideoCapture(str(path))
+    count, size = 0, None
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        count, size = count + 1, frame.shape
+    capture.release()
+    return count, size
+
+
+def _leftovers(directory):
+    return [p.name for p in directory.rglob("*") if ".partial-" in p.name]
+
+
+def test_refuses_random_weights_without_allow_untrained(tmp_path, capsys):
+    clip = _frame_folder(tmp_path / "clip", 2, 16, 16)
+    assert main(["deblur", str(clip), "-o", str(tmp_path / "out")]) == 1
+    assert "--allow-untrained" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_frame_folder_with_random_weights_keeps_count_size_and_names(tmp_path, capsys):
+    clip = _frame_folder(tmp_path / "clip", 2, 20, 28)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="random"):
+        rc = main(["deblur", str(clip), "-o", str(out), "--allow-untrained", "--format", "both", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png"]
+    for path in out.iterdir():
+        assert cv2.imread(str(path)).shape == (20, 28, 3)
+    assert _video_shape(tmp_path / "out.mp4") == (2, (20, 28, 3))
+    assert _leftovers(tmp_path) == []
+
+
+def test_mp4_input_with_weights_file_side_by_side(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = weights.save(DeblurNet(), tmp_path / "model.safetensors")
+    video = _mp4(tmp_path / "clip.mp4", 3, 16, 24)
+    out = tmp_path / "result.mp4"
+    rc = main(["deblur", str(video), "-o", str(out), "--weights", str(checkpoint), "--side-by-side", "--quiet",
+               "--device", "cpu", "--precision", "fp32"])
+    assert rc == 0, capsys.readouterr().err
+    assert _video_shape(out) == (3, (16, 48, 3))
+    assert not (tmp_path / "result").exists()  # mp4 only
+
+
+def test_python_api_on_a_folder_of_videos(tmp_path, tiny_model):
+    _frame_folder(tmp_path / "in" / "b", 3, 12, 12, seed=1)
+    _frame_folder(tmp_path / "in" / "a", 1, 9, 13, seed=2)
+    with pytest.warns(UserWarning, match="even"):  # a's 13x9 frames get one padded pixel row/column in its mp4
+        results = pipeline.deblur_video(tmp_path / "in", tmp_path / "out", format="both", progress=False)
+    assert [(r.name, r.frames) for r in results] == [("a", 1), ("b", 3)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "a.mp4", "b", "b.mp4"]
+    assert len(list((tmp_path / "out" / "b").iterdir())) == 3
+    assert cv2.imread(str(tmp_path / "out" / "a" / "000.png")).shape == (9, 13, 3)
+
+
+def test_original_size_policy_output_is_the_multiple_of_4_crop(tmp_path, tiny_model):
+    clip = _frame_folder(tmp_path / "clip", 2, 18, 23)
+    pipeline.deblur_video(clip, tmp_path / "out", size_policy="original", progress=False)
+    assert cv2.imread(str(tmp_path / "out" / "000.png")).shape == (16, 20, 3)
+
+
+def test_existing_output_needs_overwrite(tmp_path, tiny_model, capsys):
+    clip = _frame_folder(tmp_path / "clip", 1, 8, 8)
+    (tmp_path / "out").mkdir()
+    assert main(["deblur", str(clip), "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["deblur", str(clip), "-o", str(tmp_path / "out"), "--quiet", "--overwrite"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["000.png"]
+
+
+def _corrupt_last(folder):
+    frames = sorted(folder.iterdir())
+    frames[-1].write_bytes(b"not an image")
+
+
+def _resize_last(folder):
+    frames = sorted(folder.iterdir())
+    assert cv2.imwrite(str(frames[-1]), np.zeros((6, 6, 3), np.uint8))
+
+
+def _empty(folder):
+    for frame in folder.iterdir():
+        frame.unlink()
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (None, "no such file"),
+    (_corrupt_last, "003.png: corrupt"),
+    (_resize_last, "003.png: frame size"),
+    (_empty, "empty folder"),
+])
+@pytest.mark.parametrize("output_format", ["png", "both"])
+def test_bad_input_leaves_no_partial_output(tmp_path, tiny_model, capsys, spoil, message, output_format):
+    clip = tmp_path / "in" / "clip"
+    _frame_folder(clip, 4, 8, 8)
+    if spoil is None:
+        clip = tmp_path / "in" / "missing"
+    else:
+        spoil(clip)
+    out_parent = tmp_path / "results"
+    out_parent.mkdir()
+    rc = main(["deblur", str(clip), "-o", str(out_parent / "new" / "out"), "--format", output_format, "--quiet"])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+    assert list(out_parent.iterdir()) == []
+
+
+def test_failure_in_a_later_video_removes_only_that_video(tmp_path, tiny_model):
+    _frame_folder(tmp_path / "in" / "a", 2, 8, 8)
+    _frame_folder(tmp_path / "in" / "b", 3, 8, 8)
+    _corrupt_last(tmp_path / "in" / "b")
+    with pytest.raises(ValueError, match="002.png"):
+        pipeline.deblur_video(tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+
+
+def test_convert_an_original_checkpoint(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = DeblurNet()
+    original = {f"module.{DeblurNet.original_key(name)}": tensor for name, tensor in model.state_dict().items()}
+    source = tmp_path / "PVDNet_DVD.pytorch"
+    torch.save(original, source)
+    target = tmp_path / "pvdnet_dvd.safetensors"
+    assert main(["convert", str(source), str(target)]) == 0, capsys.readouterr().err
+    loaded = weights.load(target)
+    assert isinstance(loaded, DeblurNet) and not loaded.large
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    assert main(["convert", str(source), str(target)]) == 1  # exists
+    assert main(["convert", str(tmp_path / "missing.pytorch"), str(tmp_path / "x.safetensors")]) == 1
+    assert "missing.pytorch" in capsys.readouterr().err
+
+
+def test_write_error_mid_video_leaves_no_partial_output(tmp_path, tiny_model, monkeypatch):
+    from pvd import video_io
+
+    clip = _frame_folder(tmp_path / "clip", 5, 8, 8)
+    real_write = video_io.VideoWriter.write
+
+    def failing_write(self, frame):
+        if self.count == 2:
+            raise OSError("disk full")
+        real_write(self, frame)
+
+    monkeypatch.setattr(video_io.VideoWriter, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.deblur_video(clip, tmp_path / "out" / "frames", format="both", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,176 @@
+"""`pvd eval` / pvd.evaluate on tiny data sets written to tmp_path.
+
+Most tests use an identity stand-in model (its output is the blurry frame itself), so the expected scores
+are those of the blurry frames against the sharp ones, computed here from the image files. One test runs
+the real (random) networks through the command line. PyTorch reference kernels throughout (speed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pvd import evaluate, metrics, weights
+from pvd.cli import main
+from pvd.nets import BIMNet
+
+HEIGHT, WIDTH = 64, 80
+
+
+@pytest.fixture(autouse=True)
+def reference_kernels(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+class ZeroFlow(nn.Module):
+    def forward(self, image1, image2):
+        batch, _, height, width = image1.shape
+        return image1.new_zeros(batch, 2, height // 2, width // 2)
+
+
+class PassThrough(nn.Module):
+    """PVDNet's interface; returns the current blurry frame unchanged."""
+
+    def forward(self, pixel_volume, prev, curr, next):  # noqa: A002
+        return curr.clone()
+
+
+class IdentityModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bimnet = ZeroFlow()
+        self.pvdnet = PassThrough()
+        self.anchor = nn.Parameter(torch.zeros(1))  # so .to(device) has something to move
+
+
+def smooth_frame(rng, height, width) -> np.ndarray:
+    coarse = rng.random((height // 8, width // 8, 3)).astype(np.float32)
+    return (cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def write_gopro(root, videos=2, frames=4, height=HEIGHT, width=WIDTH, sharp_frames=None, seed=0):
+    """<root>/<video>/{blur_gamma,sharp}/%05d.png; returns {video: [(blurry, sharp) uint8 RGB arrays]}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for v in range(videos):
+        name = f"video{v}"
+        (root / name / "blur_gamma").mkdir(parents=True)
+        (root / name / "sharp").mkdir(parents=True)
+        pairs = []
+        for f in range(frames):
+            sharp = smooth_frame(rng, height, width)
+            blurry = cv2.GaussianBlur(sharp, (5, 5), 1.5)
+            cv2.imwrite(str(root / name / "blur_gamma" / f"{f:05d}.png"), cv2.cvtColor(blurry, cv2.COLOR_RGB2BGR))
+            if sharp_frames is None or f < sharp_frames:
+                cv2.imwrite(str(root / name / "sharp" / f"{f:05d}.png"), cv2.cvtColor(sharp, cv2.COLOR_RGB2BGR))
+            pairs.append((blurry, sharp))
+        written[name] = pairs
+    return written
+
+
+def as_unit(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).double() / 255
+
+
+def read_scores(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_identity_model_scores_equal_the_blurry_frames_scores(tmp_path):
+    written = write_gopro(tmp_path / "data")
+    summary = evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
+                                progress=False)
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    assert list(rows[0]) == ["video", "frame", "index", "psnr", "ssim", "psnr_aligned", "ssim_aligned", "seconds"]
+    assert [(r["video"], r["frame"]) for r in rows] == [(v, f"{f:05d}") for v in written for f in range(4)]
+    expected = {}
+    for row in rows:
+        blurry, sharp = written[row["video"]][int(row["index"])]
+        scores = metrics.frame_scores(as_unit(blurry), as_unit(sharp))
+        expected[(row["video"], int(row["index"]))] = scores
+        for key, value in scores.items():
+            assert float(row[key]) == pytest.approx(value.item(), rel=1e-6), key
+        assert float(row["seconds"]) > 0
+    # Means: plain over every frame, aligned without each video's first frame.
+    overall = summary["overall"]
+    assert overall["frames"] == 8 and overall["aligned_frames"] == 6
+    assert overall["psnr"] == pytest.approx(np.mean([s["psnr"].item() for s in expected.values()]), rel=1e-6)
+    assert overall["ssim_aligned"] == pytest.approx(
+        np.mean([s["ssim_aligned"].item() for (v, i), s in expected.items() if i > 0]), abs=1e-6)
+    assert summary["videos"]["video1"]["psnr_aligned"] == pytest.approx(
+        np.mean([s["psnr_aligned"].item() for (v, i), s in expected.items() if v == "video1" and i > 0]), rel=1e-6)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| video0 | 4 |" in markdown and "| **all** | 8 |" in markdown
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_limits_and_the_original_size_policy(tmp_path):
+    written = write_gopro(tmp_path / "data", videos=3, frames=5, height=HEIGHT + 2, width=WIDTH + 3)
+    summary = evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
+                                size_policy="original", limit_videos=2, limit_frames=3, progress=False)
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    assert [(r["video"], int(r["index"])) for r in rows] == [(v, i) for v in ("video0", "video1") for i in range(3)]
+    assert summary["settings"]["limit_frames"] == 3 and summary["overall"]["frames"] == 6
+    # The output is the multiple-of-4 crop: the ground truth is cropped alike before scoring.
+    blurry, sharp = written["video1"][2]
+    expected = metrics.frame_scores(as_unit(blurry[:HEIGHT, :WIDTH]), as_unit(sharp[:HEIGHT, :WIDTH]))
+    assert float(rows[-1]["psnr_aligned"]) == pytest.approx(expected["psnr_aligned"].item(), rel=1e-6)
+    assert float(rows[-1]["ssim"]) == pytest.approx(expected["ssim"].item(), abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:running with random:UserWarning")
+def test_command_line_with_random_networks(tmp_path, capsys):
+    write_gopro(tmp_path / "data", videos=2, frames=3)
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--allow-untrained", "--device", "cpu",
+                 "--limit-videos", "1", "--limit-frames", "2", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "| **all** | 2 |" in captured.out
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    assert len(rows) == 2 and all(np.isfinite(float(r["psnr_aligned"])) for r in rows)
+    # Existing outputs are kept unless --overwrite.
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--allow-untrained", "--quiet"])
+    assert code == 1 and "--overwrite" in capsys.readouterr().err
+
+
+def test_data_without_ground_truth_points_to_pvd_deblur(tmp_path, capsys):
+    folder = tmp_path / "data" / "clip"
+    folder.mkdir(parents=True)
+    for f in range(2):
+        cv2.imwrite(str(folder / f"{f}.png"), np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--allow-untrained", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 1 and "no ground-truth" in error and "pvd deblur" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_mismatched_frame_counts_are_refused(tmp_path):
+    write_gopro(tmp_path / "data", videos=1, frames=3, sharp_frames=2)
+    with pytest.raises(ValueError, match="3 blurry frames .* 2 sharp"):
+        evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu", progress=False)
+
+
+def test_weights_of_the_wrong_architecture_are_refused(tmp_path, capsys):
+    write_gopro(tmp_path / "data", videos=1, frames=2)
+    bimnet_file = weights.save(BIMNet(), tmp_path / "bimnet.safetensors")
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--weights", str(bimnet_file),
+                 "--device", "cpu", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 1 and "BIMNet" in error and "full model" in error
+    assert not (tmp_path / "out" / "scores.csv").exists()
+
+
+@pytest.mark.parametrize("option, value", [("limit_frames", 0), ("limit_videos", -1), ("plain_ssim_window", "box")])
+def test_bad_options_are_refused(tmp_path, option, value):
+    write_gopro(tmp_path / "data", videos=1, frames=2)
+    with pytest.raises(ValueError, match=option):
+        evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
+                          progress=False, **{option: value})

@@ -18,6 +18,7 @@ COMMANDS = {
     "deblur": ("pvd.commands.deblur", "deblur a video file, a frame folder, or a folder of those"),
     "convert": ("pvd.commands.convert", "convert an original PVDNet .pytorch checkpoint to pvd safetensors"),
     "eval": ("pvd.commands.eval", "score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)"),
+    "train": ("pvd.commands.train", "train BIMNet (stage 1) or PVDNet (stage 2) from a TOML config"),
 }
 
 

@@ -1,0 +1,199 @@
+"""End-to-end benchmark of the deblurring pipeline (BIMNet + pixel volume + PVDNet) at 1280x720.
+
+    python bench/e2e.py [--frames 30] [--warmup 3] [--size 1280x720] [--models pvdnet,pvdnet_large]
+                        [--precisions fp32,bf16] [--compile off,on] [--weights PATH] [--csv bench/results/e2e.csv]
+
+GPU: per-frame latency (median and p90 ms of one recurrent step, synchronised), frames/s over the timed run,
+peak GPU memory, and for every non-fp32 or compiled configuration the PSNR of its outputs against the eager
+fp32 outputs of the same model on the same frames (`psnr_vs_fp32_db`; recurrent drift included), for PVDNet and
+PVDNet-large, fp32 and bf16, eager and torch.compile. "fp32" keeps PyTorch's defaults (cuDNN convolutions may
+use TF32: column `tf32_conv`). Frames are synthetic (a smooth random picture panning across the clip) and
+already on the GPU: decoding and encoding are not timed. Weights are random (seeded) unless --weights is given:
+the speed does not depend on them, the PSNR column only partly does.
+
+CPU: seconds per frame, fp32, eager, PVDNet only, over --cpu-frames frames (default 1); these rows say
+device "cpu" and are never compared with GPU rows.
+
+Rows are appended to bench/results/e2e.csv with the device and library versions (bench/_env.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _env import append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+
+from pvd import weights as pvd_weights  # noqa: E402
+from pvd.nets import DeblurNet  # noqa: E402
+from pvd.pipeline import VideoDeblurrer  # noqa: E402
+
+RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
+MODEL_NAMES = {"pvdnet": "PVDNet", "pvdnet_large": "PVDNet-large"}
+PAN_PIXELS_PER_FRAME = 3  # synthetic camera motion
+PICTURE_GRID = 24  # the random picture is a bilinear upsampling of a grid this coarse, plus fine noise
+
+
+def synthetic_clip(count: int, height: int, width: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    """`count` frames (1, 3, H, W) in [-1, 1]: a smooth random picture panning right, softly blurred."""
+    generator = torch.Generator().manual_seed(seed)
+    pan = PAN_PIXELS_PER_FRAME * count
+    coarse = torch.rand(1, 3, PICTURE_GRID, PICTURE_GRID * 2, generator=generator)
+    picture = F.interpolate(coarse, size=(height, width + pan), mode="bilinear", align_corners=False)
+    picture = picture + 0.05 * torch.rand(picture.shape, generator=generator)
+    picture = F.avg_pool2d(picture, 5, stride=1, padding=2).clamp(0, 1) * 2 - 1
+    return [picture[..., :, t * PAN_PIXELS_PER_FRAME: t * PAN_PIXELS_PER_FRAME + width].to(device).contiguous()
+            for t in range(count)]
+
+
+def build_model(name: str, weights: str | None) -> DeblurNet:
+    if weights:
+        model = pvd_weights.load(weights)
+        if (name == "pvdnet_large") != bool(getattr(model, "large", False)):
+            raise SystemExit(f"{weights} does not hold {MODEL_NAMES[name]}")
+        return model
+    torch.manual_seed(0)
+    return DeblurNet(large=name == "pvdnet_large")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two [-1, 1] images, on the [0, 1] scale after clamping."""
+    mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_config(model, frames, device, precision: str, compile_: bool, warmup: int) -> dict:
+    """Deblur `frames` (after `warmup` frames) and time each recurrent step. Returns timings and outputs."""
+    deblurrer = VideoDeblurrer(model, device=device, precision=precision, compile=compile_)
+    start = time.perf_counter()
+    if warmup:
+        for frame in frames[:warmup + 1]:  # also compiles; the first push runs no step
+            deblurrer.push(frame)
+        _sync(device)
+        deblurrer.reset()
+    warmup_s = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    latencies, outputs = [], []
+    deblurrer.push(frames[0])
+    run_start = time.perf_counter()
+    for frame in frames[1:]:
+        step_start = time.perf_counter()
+        out = deblurrer.push(frame)
+        _sync(device)
+        latencies.append(time.perf_counter() - step_start)
+        outputs.append(out)
+    step_start = time.perf_counter()
+    outputs.append(deblurrer.flush())
+    _sync(device)
+    latencies.append(time.perf_counter() - step_start)
+    total_s = time.perf_counter() - run_start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    latencies_ms = sorted(1000 * t for t in latencies)
+    return {
+        "median_ms": statistics.median(latencies_ms),
+        "p90_ms": latencies_ms[min(len(latencies_ms) - 1, int(0.9 * len(latencies_ms)))],
+        "frames_per_s": len(outputs) / total_s,
+        "seconds_per_frame": total_s / len(outputs),
+        "peak_mem_mib": peak,
+        "warmup_s": warmup_s,
+        "outputs": outputs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=30, help="timed frames per configuration on the GPU")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (compilation included)")
+    parser.add_argument("--cpu-frames", type=int, default=1, help="timed frames on the CPU")
+    parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
+    parser.add_argument("--models", default="pvdnet,pvdnet_large")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--compile", default="off,on", help="off, on, or off,on")
+    parser.add_argument("--weights", default=None, help="pvd checkpoint (else random weights)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--csv", default=str(RESULTS_CSV))
+    args = parser.parse_args(argv)
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    on_gpu = device.type == "cuda"
+    if not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("CPU run: the Triton interpreter would take hours at this size; using the PyTorch reference kernels")
+        os.environ["TRITON_INTERPRET"] = "0"  # pvd.kernels dispatch at call time
+    env = describe_environment()
+    print_banner(env)
+    models = args.models.split(",") if on_gpu else ["pvdnet"]
+    precisions = args.precisions.split(",") if on_gpu else ["fp32"]
+    compiles = [c == "on" for c in args.compile.split(",")] if on_gpu else [False]
+    count = max(args.frames if on_gpu else args.cpu_frames, 1)  # every frame is timed (the last one at flush)
+    warmup = args.warmup if on_gpu else 0
+    if not on_gpu:
+        print(f"CPU run: fp32, eager, {MODEL_NAMES['pvdnet']}, {count} timed frame(s) of {width}x{height}, "
+              f"PyTorch reference kernels - report: seconds per frame (CPU, not a GPU number)")
+    frames = synthetic_clip(count, height, width, device)
+
+    rows = []
+    for name in models:
+        model = build_model(name, args.weights)
+        reference_outputs = None
+        for precision in precisions:
+            for compile_ in compiles:
+                label = f"{MODEL_NAMES[name]} {precision} {'compiled' if compile_ else 'eager'}"
+                try:
+                    result = run_config(model, frames, device, precision, compile_, warmup)
+                except Exception as error:  # noqa: BLE001 - report and go on with the other configurations
+                    print(f"{label}: FAILED: {type(error).__name__}: {error}")
+                    continue
+                outputs = result.pop("outputs")
+                if precision == "fp32" and not compile_:
+                    reference_outputs = outputs
+                    psnr_db = ""
+                elif reference_outputs is not None:
+                    psnr_db = statistics.mean(psnr(a, b) for a, b in zip(outputs, reference_outputs))
+                else:
+                    psnr_db = ""
+                row = {
+                    "pipeline": MODEL_NAMES[name], "provider": "compile" if compile_ else "eager",
+                    "precision": precision, "size": f"{width}x{height}", "mode": "inference",
+                    "frames": len(outputs), "median_ms": round(result["median_ms"], 3),
+                    "p90_ms": round(result["p90_ms"], 3), "frames_per_s": round(result["frames_per_s"], 3),
+                    "seconds_per_frame": round(result["seconds_per_frame"], 4),
+                    "peak_mem_mib": "" if math.isnan(result["peak_mem_mib"]) else round(result["peak_mem_mib"], 1),
+                    "warmup_s": round(result["warmup_s"], 2),
+                    "psnr_vs_fp32_db": psnr_db if psnr_db == "" else round(psnr_db, 2),
+                    "weights": Path(args.weights).name if args.weights else "random",
+                    "tf32_conv": torch.backends.cudnn.allow_tf32 if on_gpu else "",
+                }
+                rows.append(row)
+                print(f"{label}: {row['median_ms']} ms/frame (p90 {row['p90_ms']}), {row['frames_per_s']} frames/s, "
+                      f"peak {row['peak_mem_mib'] or '-'} MiB, PSNR vs fp32 {row['psnr_vs_fp32_db'] or '-'} dB")
+                del outputs
+        del model, reference_outputs
+        if on_gpu:
+            torch.cuda.empty_cache()
+    if rows:
+        append_rows(args.csv, [{**row, **env_columns(env)} for row in rows])
+        print(f"appended {len(rows)} row(s) to {args.csv}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

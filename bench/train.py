@@ -1,0 +1,153 @@
+"""Training throughput: optimizer steps per second and peak memory of stage 2 (PVDNet, BIMNet frozen) and
+stage 1 (BIMNet, blur-invariant loss), with the real trainers of `pvd.training`.
+
+    python bench/train.py [--stages pvdnet,pvdnet_large,bimnet] [--precisions fp32,bf16] [--compile off,on]
+                          [--batch 8] [--size 256] [--clip-frames 15] [--clips 3] [--warmup 1]
+                          [--csv bench/results/train.csv]
+
+GPU (the paper setting): batch 8, 256x256 crops, 15-frame clips = 13 recurrent steps, one optimizer step per
+frame step, fp32 and bf16 autocast (PVDNet only; BIMNet and the pixel volume stay fp32). Stage 1 uses the
+same batch and crop size, one step per frame pair, fp32 only (BIMNet does not run under autocast).
+"fp32" keeps PyTorch's defaults (cuDNN convolutions may use TF32: column `tf32_conv`). Timed: `--clips`
+clips after `--warmup` untimed ones, synchronised; steps_per_s = timed steps / timed seconds. Peak memory
+is `torch.cuda.max_memory_allocated` over the timed clips. Clips are synthetic (a smooth random picture panning
+across the clip, the sharp frames a little crisper than the blurry ones), already on the device: data loading
+is not timed. Weights are random (seeded); speed does not depend on them.
+
+CPU: a tiny labelled run (batch 2, 64x64, 4-frame clips, fp32, eager) that checks the machinery; its rows say
+"CPU" in the device column and are no training-speed measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+
+from pvd.training import load_config  # noqa: E402
+from pvd.training.stages import build_trainer  # noqa: E402
+
+RESULTS_CSV = Path(__file__).resolve().parent / "results" / "train.csv"
+STAGE_SETTINGS = {  # bench name -> (run.stage, model.large)
+    "pvdnet": ("pvdnet", False),
+    "pvdnet_large": ("pvdnet", True),
+    "bimnet": ("bimnet", False),
+}
+GPU_DEFAULTS = {"batch": 8, "size": 256, "clip_frames": 15, "clips": 3, "warmup": 1}
+CPU_DEFAULTS = {"batch": 2, "size": 64, "clip_frames": 4, "clips": 1, "warmup": 1}
+PAN_PIXELS_PER_FRAME = 3
+PICTURE_GRID = 24
+BYTES_PER_GIB = 2**30
+
+
+def synthetic_batch(batch: int, frames: int, size: int, device: torch.device, seed: int = 0) -> dict:
+    """{"blurry", "sharp"}: (batch, frames, 3, size, size) in [-1, 1], a random picture panning right."""
+    generator = torch.Generator().manual_seed(seed)
+    pan = PAN_PIXELS_PER_FRAME * frames
+    coarse = torch.rand(batch, 3, PICTURE_GRID, PICTURE_GRID * 2, generator=generator)
+    picture = F.interpolate(coarse, size=(size, size + pan), mode="bilinear", align_corners=False)
+    picture = picture + 0.05 * torch.rand(picture.shape, generator=generator)
+    sharp = torch.stack([picture[..., t * PAN_PIXELS_PER_FRAME: t * PAN_PIXELS_PER_FRAME + size]
+                         for t in range(frames)], dim=1)
+    blurry = F.avg_pool2d(sharp.flatten(0, 1), 5, stride=1, padding=2).unflatten(0, (batch, frames))
+    return {"blurry": (blurry.clamp(0, 1) * 2 - 1).to(device), "sharp": (sharp.clamp(0, 1) * 2 - 1).to(device)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name: str, precision: str, compile_: bool, args, device: torch.device) -> dict:
+    stage, large = STAGE_SETTINGS[name]
+    clip_frames = args.clip_frames if stage == "pvdnet" else args.clip_frames - 1  # same step count per clip
+    config = load_config(None, [
+        f"run.stage='{stage}'", f"run.device='{device.type}'", f"run.precision='{precision}'",
+        f"run.compile={'true' if compile_ else 'false'}", f"model.large={'true' if large else 'false'}",
+        "model.bimnet_weights='random'", f"data.crop={args.size}", f"data.batch_size={args.batch}",
+        f"data.clip_frames={clip_frames}"])
+    torch.manual_seed(0)
+    trainer = build_trainer(config, device)
+    batch = synthetic_batch(args.batch, clip_frames, args.size, device)
+    for _ in range(args.warmup):
+        trainer.train_clip(batch)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    records, started = [], time.perf_counter()
+    for _ in range(args.clips):
+        records += trainer.train_clip(batch)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    losses = [r["loss"] for r in records]
+    peak = round(torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB, 3) if device.type == "cuda" else ""
+    row = {
+        "bench": "train", "stage": stage, "model": name, "precision": precision, "compile": compile_,
+        "batch": args.batch, "height": args.size, "width": args.size, "steps_per_clip": len(records) // args.clips,
+        "clips_timed": args.clips, "steps_per_s": round(len(records) / seconds, 4),
+        "ms_per_step": round(1000 * seconds / len(records), 2), "peak_mem_gib": peak,
+        "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6),
+        "tf32_conv": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
+    }
+    print(f"{name:13s} {precision:5s} compile={compile_!s:5s} {row['steps_per_s']:8.3f} steps/s "
+          f"{row['ms_per_step']:9.1f} ms/step  peak {peak if peak != '' else '-'} GiB  loss {losses[0]:.4g} -> "
+          f"{losses[-1]:.4g}")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", default="pvdnet,pvdnet_large,bimnet")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--compile", default="off", help="off, on, or off,on")
+    for key, gpu_default in GPU_DEFAULTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                            help=f"GPU default {gpu_default}, CPU default {CPU_DEFAULTS[key]}")
+    parser.add_argument("--csv", default=str(RESULTS_CSV))
+    args = parser.parse_args(argv)
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda") if on_gpu else torch.device("cpu")
+    defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(stages) - set(STAGE_SETTINGS))
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; choose from {sorted(STAGE_SETTINGS)}")
+    precisions = [p for p in args.precisions.split(",") if p]
+    compiles = [c == "on" for c in args.compile.split(",") if c]
+    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, PyTorch reference kernels
+        os.environ["TRITON_INTERPRET"] = "0"
+        precisions, compiles = ["fp32"], [False]
+        stages = [s for s in stages if s != "pvdnet_large"]
+
+    env = describe_environment(None if on_gpu else PATH_CPU_REFERENCE)
+    print_banner(env)
+    print(f"batch {args.batch}, {args.size}x{args.size}, {args.clip_frames}-frame clips, {args.clips} timed clip(s) "
+          f"after {args.warmup} warm-up")
+    rows = []
+    for name in stages:
+        for precision in precisions:
+            if STAGE_SETTINGS[name][0] == "bimnet" and precision != "fp32":
+                continue  # BIMNet trains in fp32 only (see pvd.training.stages.BIMNetTrainer)
+            for compile_ in compiles:
+                rows.append({**measure(name, precision, compile_, args, device), **env_columns(env)})
+    append_rows(args.csv, rows)
+    print(f"appended {len(rows)} row(s) to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Training of PVDNet: stage 1 (BIMNet, blur-invariant loss) and stage 2 (PVDNet with BIMNet frozen).
+
+    from pvd.training import load_config, train
+    result = train(load_config("train/configs/gopro.toml", ["data.root=/data/gopro_train"]))
+
+Modules: `config` (TOML + overrides), `losses`, `schedule` (lr schedules), `stages` (the two trainers),
+`loop` (`train`: processes, data, logging, checkpoints, resume), `checkpoint`, `logs`, `cli` (the command line
+behind `python -m train.train` and `pvd train`).
+"""
+
+from .config import TrainConfig, load_config
+from .loop import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainResult", "load_config", "train"]

@@ -1,0 +1,51 @@
+"""Command line of the training: `python -m train.train --config FILE [--resume [CKPT]] [key=value ...]`.
+
+Under `torchrun --nproc_per_node N -m train.train ...` every process runs the same command; see `loop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "train" / "configs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML training config (a path, or the name of one in train/configs, e.g. gopro)")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                        help="resume from CKPT, or without a value from the latest checkpoint in run.out_dir")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides with TOML values, e.g. optim.lr=3e-4 data.root=/data/gopro")
+    return parser
+
+
+def config_path(name: str | None) -> Path | None:
+    """`name` as given when it is a file, else train/configs/<name>.toml of the source tree."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / (name if name.endswith(".toml") else f"{name}.toml")
+    return bundled if bundled.is_file() else path
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    config = load_config(config_path(args.config), args.overrides)
+    if args.resume is not None:
+        config.run.resume = args.resume
+    result = train(config)
+    if result.weights is not None:
+        print(f"trained {result.step} steps; weights: {result.weights}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m train.train", description="Train BIMNet (stage 1) or PVDNet (stage 2)."))
+    return run(parser.parse_args(argv))

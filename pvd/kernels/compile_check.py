@@ -45,7 +45,15 @@ POOL_WORKERS = 2
 WARP_SIZE = 32
 
 _TRITON_NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-PTXAS = _TRITON_NVIDIA_BIN / "ptxas"
+
+
+def ptxas_for(arch: int) -> Path:
+    """The ptxas that Triton itself assembles `arch` with (Triton 3.9 uses its newer `ptxas-blackwell` for
+    sm_90 and up, Triton 3.6 the plain `ptxas` below sm_100), so the PTX version always matches."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return Path(get_ptxas(arch).path)
+
 CUOBJDUMP = _TRITON_NVIDIA_BIN / "cuobjdump"
 
 _PTX_TARGET = re.compile(r"^\s*\.target\s+(sm_\w+)", re.MULTILINE)
@@ -148,7 +156,7 @@ def compile_one(module_name: str, spec_index: int, arch: int) -> CompileResult:
             ptx_path.write_text(compiled.asm["ptx"])
             # Same assembler options as Triton's own ptxas step (line info does not change the code).
             fmad = [] if compiled.metadata.enable_fp_fusion else ["--fmad=false"]
-            report = _run_tool([str(PTXAS), "-v", *fmad, "--gpu-name", result.ptx_target, str(ptx_path),
+            report = _run_tool([str(ptxas_for(arch)), "-v", *fmad, "--gpu-name", result.ptx_target, str(ptx_path),
                                 "-o", str(cubin_path)])
             triton_cubin = Path(tmp) / "triton.cubin"
             triton_cubin.write_bytes(compiled.asm["cubin"])
@@ -234,13 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if not r.ok]
     passed = not failed and (args.allow_missing or not missing)
     if args.json:
-        document = {"ok": passed, "arches": args.arch, "triton": triton.__version__, "ptxas": str(PTXAS),
+        document = {"ok": passed, "arches": args.arch, "triton": triton.__version__,
+                    "ptxas": {arch: str(ptxas_for(arch)) for arch in args.arch},
                     "missing_modules": missing, "seconds": round(seconds, 2),
                     "results": [asdict(r) for r in results]}
         print(json.dumps(document, indent=1))
     else:
         print(format_table(results))
-        print(f"\ntriton {triton.__version__}, ptxas {PTXAS}; {len(results)} compiles in {seconds:.1f} s")
+        ptxas = ", ".join(f"sm_{arch}: {ptxas_for(arch).name}" for arch in args.arch)
+        print(f"\ntriton {triton.__version__}, ptxas ({ptxas}); {len(results)} compiles in {seconds:.1f} s")
         for r in failed:
             print(f"FAILED {r.module}.{r.kernel} [{r.dtype}, sm_{r.arch}]: "
                   f"{r.error or f'{r.spill_stores} B spill stores, {r.spill_loads} B spill loads'}")

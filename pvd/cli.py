@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": ("pvd.commands.convert", "convert an original PVDNet .pytorch checkpoint to pvd safetensors"),
     "eval": ("pvd.commands.eval", "score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)"),
     "train": ("pvd.commands.train", "train BIMNet (stage 1) or PVDNet (stage 2) from a TOML config"),
+    "demo": ("pvd.commands.demo", "deblur a short blurry clip of a bundled photograph and score it (demo_out/)"),
 }
 
 

@@ -51,6 +51,32 @@ def _bilinear_taps(flow_base, offs, in_range, H, W, stride_fc, stride_fh, stride
 
 
 @triton.jit
+def _corner_masks(x0, y0, in_range, H, W):
+    """Which of the four taps (x0|x0+1, y0|y0+1), ordered 00, 01 (x+1), 10 (y+1), 11, lie inside the image."""
+    ok_x0 = (x0 >= 0) & (x0 < W)
+    ok_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+    ok_y0 = in_range & (y0 >= 0) & (y0 < H)
+    ok_y1 = in_range & (y0 + 1 >= 0) & (y0 + 1 < H)
+    return ok_y0 & ok_x0, ok_y0 & ok_x1, ok_y1 & ok_x0, ok_y1 & ok_x1
+
+
+@triton.jit
+def _corner_weights(frac_x, frac_y):
+    """Bilinear weights of the four taps, in the order of `_corner_masks`."""
+    return (1.0 - frac_x) * (1.0 - frac_y), frac_x * (1.0 - frac_y), (1.0 - frac_x) * frac_y, frac_x * frac_y
+
+
+@triton.jit
+def _corner_offsets(x0, y0, stride_h, stride_w):
+    """Element offsets of the four taps in a plane with the given strides, in the order of `_corner_masks`."""
+    top = y0 * stride_h
+    bottom = top + stride_h
+    left = x0 * stride_w
+    right = left + stride_w
+    return top + left, top + right, bottom + left, bottom + right
+
+
+@triton.jit
 def _warp_forward_kernel(
     x_ptr, flow_ptr, out_ptr,
     C, H, W,
@@ -64,24 +90,9 @@ def _warp_forward_kernel(
     in_range = offs < H * W
     x0, y0, frac_x, frac_y = _bilinear_taps(flow_ptr + batch * stride_fb, offs, in_range, H, W,
                                             stride_fc, stride_fh, stride_fw, ACC)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    ok_x0 = (x0 >= 0) & (x0 < W)
-    ok_x1 = (x1 >= 0) & (x1 < W)
-    ok_y0 = (y0 >= 0) & (y0 < H)
-    ok_y1 = (y1 >= 0) & (y1 < H)
-    m00 = in_range & ok_x0 & ok_y0
-    m01 = in_range & ok_x1 & ok_y0
-    m10 = in_range & ok_x0 & ok_y1
-    m11 = in_range & ok_x1 & ok_y1
-    w00 = (1.0 - frac_x) * (1.0 - frac_y)
-    w01 = frac_x * (1.0 - frac_y)
-    w10 = (1.0 - frac_x) * frac_y
-    w11 = frac_x * frac_y
-    o00 = y0 * stride_xh + x0 * stride_xw
-    o01 = y0 * stride_xh + x1 * stride_xw
-    o10 = y1 * stride_xh + x0 * stride_xw
-    o11 = y1 * stride_xh + x1 * stride_xw
+    m00, m01, m10, m11 = _corner_masks(x0, y0, in_range, H, W)
+    w00, w01, w10, w11 = _corner_weights(frac_x, frac_y)
+    o00, o01, o10, o11 = _corner_offsets(x0, y0, stride_xh, stride_xw)
     x_base = x_ptr + batch * stride_xb
     out_base = out_ptr + batch * C * H * W + offs
     for c in range(C):
@@ -109,29 +120,11 @@ def _warp_backward_kernel(
     in_range = offs < H * W
     x0, y0, frac_x, frac_y = _bilinear_taps(flow_ptr + batch * stride_fb, offs, in_range, H, W,
                                             stride_fc, stride_fh, stride_fw, ACC)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    ok_x0 = (x0 >= 0) & (x0 < W)
-    ok_x1 = (x1 >= 0) & (x1 < W)
-    ok_y0 = (y0 >= 0) & (y0 < H)
-    ok_y1 = (y1 >= 0) & (y1 < H)
-    m00 = in_range & ok_x0 & ok_y0
-    m01 = in_range & ok_x1 & ok_y0
-    m10 = in_range & ok_x0 & ok_y1
-    m11 = in_range & ok_x1 & ok_y1
-    w00 = (1.0 - frac_x) * (1.0 - frac_y)
-    w01 = frac_x * (1.0 - frac_y)
-    w10 = (1.0 - frac_x) * frac_y
-    w11 = frac_x * frac_y
-    o00 = y0 * stride_xh + x0 * stride_xw
-    o01 = y0 * stride_xh + x1 * stride_xw
-    o10 = y1 * stride_xh + x0 * stride_xw
-    o11 = y1 * stride_xh + x1 * stride_xw
+    m00, m01, m10, m11 = _corner_masks(x0, y0, in_range, H, W)
+    w00, w01, w10, w11 = _corner_weights(frac_x, frac_y)
+    o00, o01, o10, o11 = _corner_offsets(x0, y0, stride_xh, stride_xw)
     # grad_x is a contiguous (B, C, H, W) buffer.
-    g00 = y0 * W + x0
-    g01 = y0 * W + x1
-    g10 = y1 * W + x0
-    g11 = y1 * W + x1
+    g00, g01, g10, g11 = _corner_offsets(x0, y0, W, 1)
     py = offs // W
     px = offs % W
     x_base = x_ptr + batch * stride_xb

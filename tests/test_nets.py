@@ -321,3 +321,17 @@ def test_pvdnet_rejects_bad_inputs():
         model(torch.rand(1, 25, 10, 8), *[torch.rand(1, 3, 10, 8) for _ in range(3)])
     with pytest.raises(ValueError, match="next"):
         model(torch.rand(1, 25, 8, 8), images[0], images[1], torch.rand(1, 3, 8, 12))
+
+
+def test_bimnet_runs_under_bfloat16_autocast(reference_kernels):
+    # Under autocast the convolutions give bfloat16 flows while the resized images stay float32: the warps
+    # must agree on one dtype instead of rejecting the mix.
+    torch.manual_seed(0)
+    net = BIMNet().eval()
+    image1, image2 = torch.rand(2, 1, 3, 64, 64).unbind(0)
+    with torch.no_grad():
+        expected = net(image1, image2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            flow = net(image1, image2)
+    assert flow.shape == expected.shape
+    torch.testing.assert_close(flow.float(), expected, atol=0.05 * expected.abs().max().item() + 1e-3, rtol=0)

@@ -283,3 +283,18 @@ def test_non_tensor_input_raises(device):
     image, flow, fill = _inputs(device)
     with pytest.raises(ValueError, match="fill must be a torch.Tensor"):
         pixel_volume(image, flow, [[0.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_coordinates_beyond_256_pixels(device, dtype):
+    # bfloat16 holds integers exactly only up to 256 (float16: 2048): targets must be formed in float32.
+    width = 2100
+    image = torch.randn(1, 1, 4, width, device=device).to(dtype)
+    fill = torch.randn(1, 1, 4, width, device=device).to(dtype)
+    flow = torch.zeros(1, 2, 4, width, device=device, dtype=dtype)
+    out = pixel_volume(image, flow, fill, kernel_size=1)
+    # Zero flow, k=1: the pixel itself inside the 1-pixel border, fill on the border.
+    expected = fill.clone()
+    expected[..., 1:-1, 1:-1] = image[..., 1:-1, 1:-1]
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    torch.testing.assert_close(reference.pixel_volume(image, flow, fill, kernel_size=1), expected, atol=0, rtol=0)

@@ -149,3 +149,14 @@ def test_compiles_without_graph_breaks(device):
 def test_invalid_input_raises(device, case, match):
     with pytest.raises(ValueError, match=match):
         warp(*case(device))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_coordinates_beyond_256_pixels(device, dtype):
+    # bfloat16 holds integers exactly only up to 256 (float16: 2048): sample positions must be formed in float32.
+    x = torch.randn(1, 2, 2, 2100, device=device).to(dtype)
+    flow = torch.zeros(1, 2, 2, 2100, device=device, dtype=dtype)
+    flow[:, 0] = 1.0
+    expected = torch.cat([x[..., 1:], torch.zeros_like(x[..., :1])], dim=-1)
+    torch.testing.assert_close(warp(x, flow), expected, atol=0, rtol=0)
+    torch.testing.assert_close(reference.warp(x, flow), expected, atol=0, rtol=0)

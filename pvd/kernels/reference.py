@@ -2,7 +2,9 @@
 
 Vectorised, differentiable through autograd and exact in float64: they serve CPU tensors (outside the
 Triton interpreter) and are the oracle of the tests. Semantics: `shared/SPEC.md` §1, restated in each
-docstring. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate).
+docstring. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate). As the
+kernels do, they compute in float32 (float64 for float64 inputs) and return the inputs' dtype: in float16 or
+bfloat16 a pixel coordinate above 256 or 2048 is not even representable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     """
     d, s = max_displacement, stride
     size = 2 * d + 1
+    dtype = f1.dtype
+    f1, f2 = f1.to(_acc_dtype(dtype)), f2.to(_acc_dtype(dtype))
     _, channels, height, width = f1.shape
     out_h, out_w = -(-height // s), -(-width // s)
     pad = d * s
@@ -35,7 +39,11 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
             f2_shifted = f2_padded[:, :, top:top + s * out_h:s, left:left + s * out_w:s]
             planes.append((f1_sampled * f2_shifted).sum(dim=1))
     assert len(planes) == size * size
-    return torch.stack(planes, dim=1) / channels
+    return (torch.stack(planes, dim=1) / channels).to(dtype)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _pixel_grid(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +69,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     Non-finite flow gives zero output and zero gradient.
     """
     _, _, height, width = x.shape
+    dtype = x.dtype
+    x, flow = x.to(_acc_dtype(dtype)), flow.to(_acc_dtype(dtype))
     xs, ys = _pixel_grid(flow)
     finite = torch.isfinite(flow).all(dim=1)
     # Clamp far-away coordinates to a band where every tap is still outside: values stay exact.
@@ -78,8 +88,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         inside = finite & (tap_x >= 0) & (tap_x <= width - 1) & (tap_y >= 0) & (tap_y <= height - 1)
         index = (tap_y.clamp(0, height - 1) * width + tap_x.clamp(0, width - 1)).long()
         weight = torch.where(inside, weight, torch.zeros_like(weight))
-        out = out + _gather_plane(x, index) * weight.unsqueeze(1).to(x.dtype)
-    return out
+        out = out + _gather_plane(x, index) * weight.unsqueeze(1)
+    return out.to(dtype)
 
 
 def to_gray(image: torch.Tensor) -> torch.Tensor:
@@ -110,9 +120,10 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     """
     _, _, height, width = flow.shape
     half = kernel_size // 2
-    gray_image = to_gray(image)
-    gray_fill = to_gray(fill)
-    flow = flow.detach()
+    dtype = image.dtype
+    gray_image = to_gray(image.to(_acc_dtype(dtype)))
+    gray_fill = to_gray(fill.to(_acc_dtype(dtype)))
+    flow = flow.detach().to(_acc_dtype(dtype))
     xs, ys = _pixel_grid(flow)
     finite = torch.isfinite(flow).all(dim=1)
     # trunc toward zero, after clamping to a band that keeps every border decision unchanged.
@@ -132,4 +143,4 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
             use_candidate = _shift(valid.unsqueeze(1).to(gray_fill.dtype), j, i)
             q_inside = _shift(inside_image, j, i)
             planes.append(torch.where(use_candidate > 0, candidate, torch.where(q_inside > 0, gray_fill, 0.0)))
-    return torch.cat(planes, dim=1)
+    return torch.cat(planes, dim=1).to(dtype)

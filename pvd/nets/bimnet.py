@@ -138,7 +138,7 @@ class Matching(nn.Module):
         flow = None
         if coarse_flow is not None:
             flow = self.upsample_flow(coarse_flow)
-            f2 = kernels.warp(f2, flow * WARP_SCALE[self.level])
+            f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
         cost = F.leaky_relu(cost_volume(f1, f2, CORRELATION_STRIDE[self.level]), NEGATIVE_SLOPE)
         if self.upsample_cost is not None:
             cost = self.upsample_cost(cost)
@@ -160,7 +160,7 @@ class Subpixel(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu(self.feature_proj(f2), NEGATIVE_SLOPE)
-        f2 = kernels.warp(f2, flow * WARP_SCALE[self.level])
+        f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
         return flow + self.flow_head(torch.cat([f1, f2, flow], dim=1))
 
 
@@ -194,7 +194,7 @@ class Regularization(nn.Module):
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, f1: torch.Tensor,
                 flow: torch.Tensor) -> torch.Tensor:
-        warped = kernels.warp(image2, flow * WARP_SCALE[self.level])
+        warped = kernels.warp(image2, (flow * WARP_SCALE[self.level]).to(image2.dtype))
         brightness_error = (image1 - warped).square().sum(dim=1, keepdim=True).sqrt().detach()
         mean_free_flow = flow - flow.mean(dim=(2, 3), keepdim=True)
         if self.feature_proj is not None:

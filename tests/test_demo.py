@@ -203,7 +203,6 @@ def test_bundled_photograph_loads_without_scikit_image():
     assert photograph.std() > 20  # a real picture, not a flat placeholder
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="weights not trained yet")
 def test_bundled_weights_load():
     assert weights.load_state_dict_file(DEFAULT_WEIGHTS).architecture == "deblurnet"
     model = pipeline.load_model(DEFAULT_WEIGHTS, device="cpu")

@@ -7,17 +7,11 @@ import re
 import sys
 import warnings
 
+from pvd.commands import parse_size
+
 NAME = "demo"
 HELP = "deblur a short blurry clip of a bundled photograph and score it (demo_out/)"
 BANNER_RULE = "!" * 100
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 256x256, got {text!r}") from None
-    return height, width
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
                         help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
     parser.add_argument("--frames", type=int, default=demo.DEFAULT_FRAMES, help="clip length (default %(default)s)")
-    parser.add_argument("--size", type=_size, default=demo.DEFAULT_SIZE, metavar="HxW",
+    parser.add_argument("--size", type=parse_size, default=demo.DEFAULT_SIZE, metavar="HxW",
                         help=f"frame size (default {height}x{width})")
     parser.add_argument("--seed", type=int, default=demo.DEFAULT_SEED, help="camera-motion seed (default %(default)s)")
     parser.add_argument("--allow-untrained", action="store_true",

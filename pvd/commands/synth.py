@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from pvd.commands import parse_size
+
 NAME = "synth"
 HELP = "render synthetic blurry videos with sharp frames and ground-truth flow"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 256x256, got {text!r}") from None
-    return height, width
 
 
 def _names(text: str) -> list[str]:
@@ -30,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("out", nargs="?", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--videos", type=int, default=4, help="number of videos (default 4)")
     parser.add_argument("--frames", type=int, default=defaults.frames, help="frames per video")
-    parser.add_argument("--size", type=_size, default=(defaults.height, defaults.width), metavar="HxW",
+    parser.add_argument("--size", type=parse_size, default=(defaults.height, defaults.width), metavar="HxW",
                         help=f"frame size (default {defaults.height}x{defaults.width})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     parser.add_argument("--subframes", type=int, default=defaults.subframes,

@@ -26,7 +26,7 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     d, s = max_displacement, stride
     size = 2 * d + 1
     dtype = f1.dtype
-    f1, f2 = f1.to(_acc_dtype(dtype)), f2.to(_acc_dtype(dtype))
+    f1, f2 = f1.to(acc_dtype(dtype)), f2.to(acc_dtype(dtype))
     _, channels, height, width = f1.shape
     out_h, out_w = -(-height // s), -(-width // s)
     pad = d * s
@@ -42,7 +42,8 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     return (torch.stack(planes, dim=1) / channels).to(dtype)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the references and the kernels: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -70,7 +71,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """
     _, _, height, width = x.shape
     dtype = x.dtype
-    x, flow = x.to(_acc_dtype(dtype)), flow.to(_acc_dtype(dtype))
+    x, flow = x.to(acc_dtype(dtype)), flow.to(acc_dtype(dtype))
     xs, ys = _pixel_grid(flow)
     finite = torch.isfinite(flow).all(dim=1)
     # Clamp far-away coordinates to a band where every tap is still outside: values stay exact.
@@ -121,9 +122,9 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     _, _, height, width = flow.shape
     half = kernel_size // 2
     dtype = image.dtype
-    gray_image = to_gray(image.to(_acc_dtype(dtype)))
-    gray_fill = to_gray(fill.to(_acc_dtype(dtype)))
-    flow = flow.detach().to(_acc_dtype(dtype))
+    gray_image = to_gray(image.to(acc_dtype(dtype)))
+    gray_fill = to_gray(fill.to(acc_dtype(dtype)))
+    flow = flow.detach().to(acc_dtype(dtype))
     xs, ys = _pixel_grid(flow)
     finite = torch.isfinite(flow).all(dim=1)
     # trunc toward zero, after clamping to a band that keeps every border decision unchanged.

@@ -258,6 +258,54 @@ def test_bimnet_forward_shape_and_gradients(reference_kernels):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+def test_bimnet_all_levels(reference_kernels):
+    torch.manual_seed(0)
+    model = BIMNet().eval()
+    first, second = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        levels = model(first, second, all_levels=True)
+        finest = model(first, second)
+    assert sorted(levels) == [2, 3, 4, 5, 6]
+    for level, flow in levels.items():
+        assert flow.shape == (2, 2, 64 >> (level - 1), 96 >> (level - 1))
+    torch.testing.assert_close(levels[2], finest, rtol=0, atol=0)
+    assert not torch.equal(levels[3], torch.zeros_like(levels[3]))
+
+
+def test_init_for_training_passes_a_constant_flow_through(reference_kernels):
+    """After `init_for_training`: DC-free first filters; flow upsampling and Regularization keep a constant flow
+    (away from borders)."""
+    torch.manual_seed(0)
+    model = BIMNet()
+    bimnet_module.init_for_training(model)
+    first = model.features.levels["level1"][0].weight
+    torch.testing.assert_close(first.sum(dim=(1, 2, 3)), torch.zeros(first.shape[0]), rtol=0, atol=1e-5)
+    assert first.std() > 0.01
+    # features keep their scale down the pyramid (Xavier init shrinks them ~3x per level, see init_for_training)
+    image = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        stds = [features.std().item() for features in model.features(image).values()]
+    assert max(stds) / min(stds) < 4, stds
+    flow = torch.tensor([0.3, -0.2]).view(1, 2, 1, 1).expand(1, 2, 8, 8).contiguous()
+    upsampled = model.matching["level3"].upsample_flow(flow)
+    assert upsampled.shape == (1, 2, 16, 16)
+    torch.testing.assert_close(upsampled[..., 1:-1, 1:-1], flow[..., :1, :1].expand(1, 2, 14, 14), rtol=0, atol=1e-6)
+    level = 4
+    regularize = model.regularization[f"level{level}"]
+    k = bimnet_module.KERNEL_SIZE[level]
+    images = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    features = torch.rand(1, bimnet_module.FEATURE_CHANNELS[level], 8, 8)
+    with torch.no_grad():
+        smoothed = regularize(*images, features, flow)
+    inner = slice(k // 2, 8 - k // 2)
+    torch.testing.assert_close(smoothed[..., inner, inner], flow[..., inner, inner], rtol=1e-5, atol=1e-6)
+    # PyTorch's default (or Xavier) init of the 1x1 combine convs does not: it scales the flow by a random sum
+    default = BIMNet().regularization[f"level{level}"]
+    with torch.no_grad():
+        assert not torch.allclose(default(*images, features, flow)[..., inner, inner], flow[..., inner, inner],
+                                  atol=1e-2)
+
+
 def test_channels_last_matches_contiguous(reference_kernels):
     bimnet, pvdnet = BIMNet().eval(), PVDNet().eval()
     first, second = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)

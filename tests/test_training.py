@@ -78,6 +78,10 @@ def test_config_file_and_overrides(tmp_path):
         load_config(None, ["run.stage='joint'"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["optim.lr"])
+    assert load_config(None, ['loss.flow_pairs=["ss", "bb"]']).loss.flow_pairs == ["ss", "bb"]
+    for pairs in ('[]', '["ss", "ss"]', '["sharp"]'):
+        with pytest.raises(ValueError, match="loss.flow_pairs"):
+            load_config(None, [f"loss.flow_pairs={pairs}"])
 
 
 def test_paper_configs():
@@ -196,6 +200,59 @@ def test_blur_invariant_loss_matches_definition():
                                                        gt_flow=gt_flow, epe_weight=0.5)
     assert total.item() == pytest.approx(parts["flow"].item() + 0.5 * parts["epe"].item(), rel=1e-5)
     assert parts["epe"].item() > 0
+
+
+class LevelsStub(MotionStub):
+    """MotionStub that also answers `all_levels=True` with its flow average-pooled to five decoder levels."""
+
+    def forward(self, image1, image2, all_levels=False):
+        flow = super().forward(image1, image2)
+        if not all_levels:
+            return flow
+        return {level: F.avg_pool2d(flow, 2 ** (level - 2)) for level in (2, 3, 4, 5, 6)}
+
+
+def test_multiscale_end_point_error_by_hand():
+    gt = torch.zeros(1, 2, 8, 8)
+    gt[:, 0, :, :4] = 4.0  # left half moves 4 px right
+    levels = {2: torch.zeros(1, 2, 4, 4), 3: torch.zeros(1, 2, 2, 2)}
+    levels[3][:, 1] = 3.0  # 3 px down everywhere
+    # level 2: area-downsampled truth is 4 on the left half -> mean EPE 2; level 3: |(4, -3)| = 5 left, 3 right
+    expected = (2.0 + (5.0 + 3.0) / 2) / 2
+    assert training_losses.multiscale_end_point_error(levels, gt).item() == pytest.approx(expected)
+
+
+def test_blur_invariant_loss_multiscale_epe():
+    torch.manual_seed(2)
+    bimnet = LevelsStub()
+    frames = [torch.rand(2, 3, SIZE, SIZE) * 2 - 1 for _ in range(4)]
+    gt_flow = torch.randn(2, 2, SIZE, SIZE)
+    plain_total, plain = training_losses.blur_invariant_loss(bimnet, *frames, gt_flow=gt_flow, epe_weight=0.5)
+    total, parts = training_losses.blur_invariant_loss(bimnet, *frames, gt_flow=gt_flow, epe_weight=0.5,
+                                                       multiscale=True)
+    # the warp terms and the output EPE are those of the single-scale path; only the added term changes
+    for key in ("flow", "epe", "epe_zero_flow"):
+        assert parts[key].item() == pytest.approx(plain[key].item(), rel=1e-5)
+    assert parts["epe_zero_flow"].item() == pytest.approx(gt_flow.norm(dim=1).mean().item(), rel=1e-6)
+    curr, prev = training_losses._pair_batches(*frames)
+    levels = bimnet((curr + 1) / 2, (prev + 1) / 2, all_levels=True)
+    per_pair = [training_losses.multiscale_end_point_error({lv: f[i * 2:(i + 1) * 2] for lv, f in levels.items()},
+                                                           gt_flow) for i in range(4)]
+    assert parts["epe_levels"].item() == pytest.approx(torch.stack(per_pair).mean().item(), rel=1e-5)
+    assert total.item() == pytest.approx(parts["flow"].item() + 0.5 * parts["epe_levels"].item(), rel=1e-5)
+    assert total.item() != pytest.approx(plain_total.item(), rel=1e-3)
+    # a subset of the pairings: the same per-pair terms, averaged over the subset only
+    sharp_only, sharp_parts = training_losses.blur_invariant_loss(bimnet, *frames, gt_flow=gt_flow, epe_weight=0.5,
+                                                                  multiscale=True, pairs=("ss",))
+    assert set(sharp_parts) == {"flow", "warp_ss", "epe", "epe_zero_flow", "epe_levels"}
+    assert sharp_parts["warp_ss"].item() == pytest.approx(parts["warp_ss"].item(), rel=1e-5)
+    assert sharp_parts["epe_levels"].item() == pytest.approx(per_pair[3].item(), rel=1e-5)
+    assert sharp_only.item() == pytest.approx(parts["warp_ss"].item() + 0.5 * per_pair[3].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="flow pairs"):
+        training_losses.blur_invariant_loss(bimnet, *frames, pairs=("sx",))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        training_losses.blur_invariant_loss(bimnet, *[f[..., :24, :] for f in frames], gt_flow=gt_flow[..., :24, :],
+                                            multiscale=True)
 
 
 # ---- the two stages ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared plumbing of the kernel modules: dispatch, input validation, dtype helpers."""
+"""Shared plumbing of the kernel modules: dispatch, input validation, dtype helpers. Imports without Triton."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import os
 from dataclasses import dataclass
 
 import torch
-import triton.language as tl
 
 from .reference import acc_dtype  # noqa: F401  (one accumulation rule for references and kernels)
 
+# Triton ships Linux wheels only; elsewhere pvd runs the PyTorch references (`pvd.kernels.portable`).
+try:
+    import triton  # noqa: F401
+except ImportError:
+    HAS_TRITON = False
+else:
+    HAS_TRITON = True
+
+DEFAULT_KERNEL_SIZE = 5  # pixel volume: PVDNet's k x k candidates
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -20,6 +28,8 @@ def interpreting() -> bool:
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernels serve `tensor`: CUDA tensors always, CPU tensors under the interpreter."""
+    if not HAS_TRITON:
+        return False
     if tensor.is_cuda:
         return True
     return tensor.device.type == "cpu" and interpreting()
@@ -63,8 +73,38 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_warp_args(x, flow) -> None:
+    """Validate the arguments of `warp` (ValueError naming the problem)."""
+    check_tensor("x", x, 4)
+    check_tensor("flow", flow, 4, channels=2)
+    check_same(("x", "flow"), x, flow)
+
+
+def check_correlation_args(f1, f2, max_displacement, stride) -> tuple[int, int]:
+    """Validate the arguments of `correlation`; returns (max_displacement, stride) as ints."""
+    check_tensor("f1", f1, 4)
+    check_tensor("f2", f2, 4)
+    check_same(("f1", "f2"), f1, f2, channels=True)
+    return check_positive_int("max_displacement", max_displacement, minimum=0), check_positive_int("stride", stride)
+
+
+def check_pixel_volume_args(image, flow, fill, kernel_size) -> int:
+    """Validate the arguments of `pixel_volume`; returns kernel_size as an int."""
+    check_tensor("image", image, 4, channels=(1, 3))
+    check_tensor("flow", flow, 4, channels=2)
+    check_tensor("fill", fill, 4, channels=(1, 3))
+    check_same(("image", "flow"), image, flow)
+    check_same(("image", "fill"), image, fill)
+    kernel_size = check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    return kernel_size
+
+
 def tl_acc_dtype(dtype: torch.dtype):
     """The Triton twin of `acc_dtype`, passed to the kernels as their `ACC` constexpr."""
+    import triton.language as tl
+
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 

@@ -22,9 +22,7 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._common import (
     CompileSpec,
-    check_positive_int,
-    check_same,
-    check_tensor,
+    check_correlation_args,
     pointer_type,
     tl_acc_dtype,
     use_triton,
@@ -216,11 +214,7 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     image. Differentiable w.r.t. f1 and f2. CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
     Triton kernels, other CPU tensors `reference.correlation`.
     """
-    check_tensor("f1", f1, 4)
-    check_tensor("f2", f2, 4)
-    check_same(("f1", "f2"), f1, f2, channels=True)
-    max_displacement = check_positive_int("max_displacement", max_displacement, minimum=0)
-    stride = check_positive_int("stride", stride)
+    max_displacement, stride = check_correlation_args(f1, f2, max_displacement, stride)
     if use_triton(f1):
         return _correlation_op(f1, f2, max_displacement, stride)
     return reference.correlation(f1, f2, max_displacement, stride)

@@ -18,11 +18,10 @@ from torch.library import triton_op, wrap_triton
 
 from . import reference
 from ._common import (
+    DEFAULT_KERNEL_SIZE,
     CompileSpec,
     acc_dtype,
-    check_positive_int,
-    check_same,
-    check_tensor,
+    check_pixel_volume_args,
     pointer_type,
     tl_acc_dtype,
     use_triton,
@@ -30,7 +29,6 @@ from ._common import (
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 8
-DEFAULT_KERNEL_SIZE = 5
 
 _GRAY_RED = tl.constexpr(reference.GRAY_WEIGHTS[0])
 _GRAY_GREEN = tl.constexpr(reference.GRAY_WEIGHTS[1])
@@ -251,14 +249,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
     fill, not flow. CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the Triton kernels, other
     CPU tensors `reference.pixel_volume`.
     """
-    check_tensor("image", image, 4, channels=(1, 3))
-    check_tensor("flow", flow, 4, channels=2)
-    check_tensor("fill", fill, 4, channels=(1, 3))
-    check_same(("image", "flow"), image, flow)
-    check_same(("image", "fill"), image, fill)
-    kernel_size = check_positive_int("kernel_size", kernel_size)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    kernel_size = check_pixel_volume_args(image, flow, fill, kernel_size)
     if use_triton(image):
         return _pixel_volume_op(image, flow, fill, kernel_size)
     return reference.pixel_volume(image, flow, fill, kernel_size)

@@ -17,8 +17,7 @@ from . import reference
 from ._common import (
     CompileSpec,
     acc_dtype,
-    check_same,
-    check_tensor,
+    check_warp_args,
     pointer_type,
     tl_acc_dtype,
     use_triton,
@@ -211,9 +210,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     Returns (B, C, H, W) in x's dtype. Differentiable w.r.t. x and flow. CUDA tensors (and CPU tensors
     under TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `reference.warp`.
     """
-    check_tensor("x", x, 4)
-    check_tensor("flow", flow, 4, channels=2)
-    check_same(("x", "flow"), x, flow)
+    check_warp_args(x, flow)
     if use_triton(x):
         return _warp_op(x, flow)
     return reference.warp(x, flow)

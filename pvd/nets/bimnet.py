@@ -52,6 +52,8 @@ SEPARABLE_DISTANCE_LEVELS = (2, 3, 4)
 OUTPUT_SCALE = 20.0
 NEGATIVE_SLOPE = 0.1
 SIZE_MULTIPLE = 32
+# `init_for_training`: scale of the last conv of the flow heads (small initial flow updates).
+FLOW_HEAD_INIT_SCALE = 0.1
 
 
 def _leaky_relu() -> nn.LeakyReLU:
@@ -238,20 +240,71 @@ class BIMNet(nn.Module):
         self.subpixel = nn.ModuleDict({f"level{level}": Subpixel(level) for level in LEVELS})
         self.regularization = nn.ModuleDict({f"level{level}": Regularization(level) for level in LEVELS})
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor,
+                all_levels: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
+        """all_levels=True: {level L: (B, 2, H / 2**(L-1), W / 2**(L-1))} for every decoder level, each in
+        pixels of the full-resolution input (the internal flow of every level times 20; used for multi-scale
+        supervision). Otherwise the level-2 flow (see the class docstring)."""
         _check_images(image1, image2)
         features1 = self.features(image1)
         features2 = self.features(image2)
         images1 = _image_pyramid(image1, features1)
         images2 = _image_pyramid(image2, features2)
         flow = None
+        flows = {}
         for level in reversed(LEVELS):
             name = f"level{level}"
             f1, f2 = features1[level], features2[level]
             flow = self.matching[name](f1, f2, flow)
             flow = self.subpixel[name](f1, f2, flow)
             flow = self.regularization[name](images1[level], images2[level], f1, flow)
-        return flow * OUTPUT_SCALE
+            flows[level] = flow * OUTPUT_SCALE  # WARP_SCALE[L] * 2**(L-1) == OUTPUT_SCALE at every level
+        return flows if all_levels else flows[LEVELS[0]]
+
+
+def bilinear_upsampling_kernel(size: int = 4) -> torch.Tensor:
+    """(size, size) kernel that makes a stride-2 transposed conv (padding 1) upsample bilinearly."""
+    factor = (size + 1) // 2
+    center = factor - 0.5 if size % 2 == 0 else factor - 1
+    taps = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
+    return torch.outer(taps, taps)
+
+
+def init_for_training(bimnet: BIMNet, gain: float = 1.0) -> None:
+    """Initialisation to train BIMNet from scratch, so that signals keep their scale through the pyramid and
+    every stage starts by passing the flow through:
+
+    - every conv: Kaiming-normal weights for LeakyReLU(0.1) (times `gain`), zero biases. (Xavier here makes
+      the features shrink ~3x per level: level-4 cost volumes start near 1e-7, their gradients fall below
+      Adam's epsilon, and training stalls at zero flow);
+    - the first conv's filters zero-mean over their taps: BIMNet sees [0, 1] images without mean
+      subtraction, and a brightness (DC) response would swamp the correlation's structure;
+    - the last conv of every flow head (Matching, Subpixel): weights scaled by FLOW_HEAD_INIT_SCALE, so the
+      initial updates are fractions of a pixel instead of random motion of tens of pixels;
+    - the transposed convs that upsample flows and cost volumes: bilinear upsampling (as LiteFlowNet's
+      bilinear filler), so the coarse flow reaches the next level intact;
+    - Regularization's `combine_x`/`combine_y`: weights 1, bias 0, so each flow component starts as the
+      softmax-weighted average of its neighbours (random weights scale and flip the flow at every level).
+    """
+    for layer in bimnet.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, a=NEGATIVE_SLOPE, nonlinearity="leaky_relu")
+            layer.weight.data.mul_(gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        first = bimnet.features.levels["level1"][0].weight
+        first.sub_(first.mean(dim=(1, 2, 3), keepdim=True))
+        for level in LEVELS:
+            name = f"level{level}"
+            for head in (bimnet.matching[name].flow_head, bimnet.subpixel[name].flow_head):
+                head[-1].weight.mul_(FLOW_HEAD_INIT_SCALE)
+            for upsample in (bimnet.matching[name].upsample_flow, bimnet.matching[name].upsample_cost):
+                if upsample is not None:
+                    upsample.weight.copy_(bilinear_upsampling_kernel(upsample.kernel_size[0]).expand_as(upsample.weight))
+            for combine in (bimnet.regularization[name].combine_x, bimnet.regularization[name].combine_y):
+                combine.weight.fill_(1.0)
+                combine.bias.zero_()
 
 
 def _image_pyramid(image: torch.Tensor, features: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -9,7 +9,8 @@ A config file has the sections below (every key optional; unknown keys are error
                 processes), num_workers, noise_sigma, noise_probability
     [optim]     lr, betas, eps, weight_decay, grad_clip
     [schedule]  kind ("step" | "cosine_restarts" | "constant"), decay_steps, decay_rate, periods, eta_min
-    [loss]      flow_epe_weight
+    [loss]      flow_epe_weight, flow_epe_multiscale, flow_pairs (stage 1: the (t-1, t) pairings, b blurry,
+                s sharp; ["ss"] = supervised flow pre-training on sharp frames)
     [log]       every, checkpoint_every, keep_last, val_every, val_clips, val_frames, val_crop, tensorboard,
                 progress
 
@@ -54,7 +55,7 @@ class RunConfig:
 class ModelConfig:
     large: bool = False  # stage 2: PVDNet-large
     bimnet_weights: str = ""  # stage 2: frozen BIMNet (pvd .safetensors or original .pytorch; "random")
-    init_weights: str = ""  # start the trained network from these weights instead of Xavier init
+    init_weights: str = ""  # start the trained network from these weights instead of a fresh init
     init_gain: float = 1.0  # Xavier-uniform gain (original `config.wi`)
 
 
@@ -94,6 +95,8 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     flow_epe_weight: float = 0.0  # stage 1: weight of the end-point error vs ground-truth flow (synthetic data)
+    flow_epe_multiscale: bool = False  # stage 1: that EPE averaged over every decoder level (LiteFlowNet-style)
+    flow_pairs: list[str] = field(default_factory=lambda: ["bb", "bs", "sb", "ss"])  # stage 1: pairings trained
 
 
 @dataclass
@@ -224,3 +227,6 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"log.val_clips must be >= 1, log.val_frames >= {min_frames}, log.val_crop >= 0")
     if config.loss.flow_epe_weight < 0:
         raise ValueError("loss.flow_epe_weight must be >= 0")
+    if not config.loss.flow_pairs or len(set(config.loss.flow_pairs)) != len(config.loss.flow_pairs) or any(
+            pair not in ("bb", "bs", "sb", "ss") for pair in config.loss.flow_pairs):
+        raise ValueError(f"loss.flow_pairs must be distinct names from bb, bs, sb, ss; got {config.loss.flow_pairs}")

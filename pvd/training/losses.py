@@ -12,7 +12,8 @@ estimate_flow`), each warping S_{t-1}; with images in [0, 1] and mask = warp(one
 
 This is the original's `MSE_sum(warped, gt * mask) / mask.sum()`: the target is masked, the warped image is not
 (its zero-padded taps already fade it out at the border). Optional: the end-point error of the four flows
-against a ground-truth flow. Stage 2: MSE between the deblurred frame and the sharp frame (both in [-1, 1]).
+against a ground-truth flow, either of the output flow alone or averaged over every decoder level
+(multi-scale, as LiteFlowNet is trained: each level's flow against the area-downsampled ground truth). Stage 2: MSE between the deblurred frame and the sharp frame (both in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -43,31 +44,85 @@ def end_point_error(flow: torch.Tensor, gt_flow: torch.Tensor) -> torch.Tensor:
     return (flow - gt_flow).square().sum(dim=1).sqrt().mean()
 
 
-def blur_invariant_flows(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor, sharp_prev: torch.Tensor,
-                         sharp_curr: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The four flows {bb, bs, sb, ss} (each (B, 2, H, W) float32 pixels) from one batched BIMNet call.
-
-    Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`pipeline.estimate_flow`, size policy "pad").
+def multiscale_end_point_error(level_flows: dict[int, torch.Tensor], gt_flow: torch.Tensor) -> torch.Tensor:
+    """Mean over levels of the EPE of each level's flow (B, 2, h, w) against `gt_flow` (B, 2, H, W) area-
+    downsampled to (h, w); all in full-resolution pixels, so the values are not rescaled. Returns a 0-dim tensor.
     """
+    errors = [end_point_error(flow.float(), F.interpolate(gt_flow.float(), size=flow.shape[-2:], mode="area"))
+              for flow in level_flows.values()]
+    return torch.stack(errors).mean()
+
+
+def check_pairs(pairs) -> tuple[str, ...]:
+    """`pairs` as a tuple of distinct names from FLOW_PAIRS (ValueError otherwise)."""
+    pairs = tuple(pairs)
+    if not pairs or len(set(pairs)) != len(pairs) or any(pair not in FLOW_PAIRS for pair in pairs):
+        raise ValueError(f"flow pairs must be distinct names from {FLOW_PAIRS}, got {list(pairs)}")
+    return pairs
+
+
+def _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr,
+                  pairs: tuple[str, ...] = FLOW_PAIRS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(curr batch, prev batch), (len(pairs) * B, 3, H, W): the pairs stacked along the batch."""
     curr = {"b": blurry_curr, "s": sharp_curr}
     prev = {"b": blurry_prev, "s": sharp_prev}
-    prev_batch = torch.cat([prev[pair[0]] for pair in FLOW_PAIRS])
-    curr_batch = torch.cat([curr[pair[1]] for pair in FLOW_PAIRS])
-    flows = pipeline.estimate_flow(bimnet, curr_batch, prev_batch)
-    per_pair = einops.rearrange(flows, "(n b) c h w -> n b c h w", n=len(FLOW_PAIRS))
-    return dict(zip(FLOW_PAIRS, per_pair, strict=True))
+    return (torch.cat([curr[pair[1]] for pair in pairs]), torch.cat([prev[pair[0]] for pair in pairs]))
+
+
+def _split_pairs(flows: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:
+    per_pair = einops.rearrange(flows, "(n b) c h w -> n b c h w", n=len(pairs))
+    return dict(zip(pairs, per_pair, strict=True))
+
+
+def blur_invariant_flows(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor, sharp_prev: torch.Tensor,
+                         sharp_curr: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:
+    """The flows {pair: (B, 2, H, W) float32 pixels} of `pairs` (default all four: bb, bs, sb, ss) from one
+    batched BIMNet call. Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`pipeline.estimate_flow`,
+    size policy "pad").
+    """
+    pairs = check_pairs(pairs)
+    curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
+    return _split_pairs(pipeline.estimate_flow(bimnet, curr_batch, prev_batch), pairs)
+
+
+def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor,
+                               sharp_prev: torch.Tensor, sharp_curr: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS
+                               ) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, torch.Tensor]]]:
+    """As `blur_invariant_flows`, plus every decoder level's flow per pair: ({pair: (B, 2, H, W)},
+    {pair: {level: (B, 2, h, w)}}). H and W must be multiples of 32 (training crops are not padded)."""
+    height, width = sharp_curr.shape[-2:]
+    if height % pipeline.FLOW_SIZE_MULTIPLE or width % pipeline.FLOW_SIZE_MULTIPLE:
+        raise ValueError(f"the multi-scale end-point error needs frames whose height and width are multiples of "
+                         f"{pipeline.FLOW_SIZE_MULTIPLE} (set data.crop accordingly), got {height}x{width}")
+    pairs = check_pairs(pairs)
+    curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
+    levels = bimnet((curr_batch.float() + 1) / 2, (prev_batch.float() + 1) / 2, all_levels=True)
+    finest = F.interpolate(levels[min(levels)].float(), size=(height, width), mode="bilinear", align_corners=False)
+    level_flows = {level: _split_pairs(flow, pairs) for level, flow in levels.items()}
+    per_pair_levels = {pair: {level: level_flows[level][pair] for level in levels} for pair in pairs}
+    return _split_pairs(finest, pairs), per_pair_levels
 
 
 def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor, sharp_prev: torch.Tensor,
                         sharp_curr: torch.Tensor, gt_flow: torch.Tensor | None = None,
-                        epe_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        epe_weight: float = 0.0, multiscale: bool = False, pairs: tuple[str, ...] = FLOW_PAIRS
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Stage-1 loss of one frame pair: (total, parts); frames (B, 3, H, W) in [-1, 1].
 
     parts: "flow" (mean of the four masked warp errors), "warp_<pair>" each term, and with `gt_flow`
-    (B, 2, H, W) (`warp(S_{t-1}, gt_flow) ~ S_t`) "epe" (mean end-point error of the four flows), added to the
-    total with weight `epe_weight`. All parts are detached.
+    (B, 2, H, W) (`warp(S_{t-1}, gt_flow) ~ S_t`) "epe_zero_flow" (the baseline: mean |gt_flow|) and "epe" (mean
+    end-point error of the four flows), added to the
+    total with weight `epe_weight`. With `multiscale` (and `gt_flow`) the added term is instead the
+    multi-scale EPE over every decoder level ("epe_levels"); "epe" stays the output flow's. `pairs` restricts
+    the loss to a subset of the four pairings, e.g. ("ss",) for supervised flow pre-training on sharp frames
+    (the original BIMNet started from a LiteFlowNet pre-trained that way). All parts are detached.
     """
-    flows = blur_invariant_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr)
+    level_flows = None
+    if multiscale and gt_flow is not None:
+        flows, level_flows = blur_invariant_flow_levels(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr,
+                                                        pairs)
+    else:
+        flows = blur_invariant_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
     unit_prev, unit_curr = (sharp_prev.float() + 1) / 2, (sharp_curr.float() + 1) / 2
     terms = {pair: masked_warp_error(flow, unit_prev, unit_curr) for pair, flow in flows.items()}
     total = torch.stack(list(terms.values())).mean()
@@ -75,6 +130,10 @@ def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Te
     if gt_flow is not None:
         epe = torch.stack([end_point_error(flow, gt_flow.float()) for flow in flows.values()]).mean()
         parts["epe"] = epe.detach()
+        parts["epe_zero_flow"] = end_point_error(torch.zeros_like(gt_flow.float()), gt_flow.float()).detach()
+        if level_flows is not None:
+            epe = torch.stack([multiscale_end_point_error(levels, gt_flow) for levels in level_flows.values()]).mean()
+            parts["epe_levels"] = epe.detach()
         if epe_weight:
             total = total + epe_weight * epe
     return total, parts

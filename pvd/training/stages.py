@@ -6,7 +6,8 @@ frozen: a clip of T frames gives T-2 recurrent steps (frame t = 1..T-2 with its 
 with its own optimizer step; the previous output is detached and starts as the first blurry frame.
 
 Both: RAdam with decoupled weight decay, global grad-norm clipping, a LambdaLR stepped after every optimizer
-step, Xavier-uniform init of the trained network, optional DistributedDataParallel and torch.compile. Stage 2
+step, Xavier-uniform init of the trained network (for BIMNet with bilinear upsampling and averaging
+Regularization, `pvd.nets.bimnet.init_for_training`), optional DistributedDataParallel and torch.compile. Stage 2
 runs PVDNet under bf16 autocast on CUDA (BIMNet, flow and pixel volume stay fp32, as in `pvd.pipeline`).
 Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]).
 """
@@ -24,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pvd import kernels, metrics, pipeline, weights
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
+from pvd.nets.bimnet import init_for_training as bimnet_init_for_training
 
 from .config import RANDOM_BIMNET, TrainConfig
 from .losses import blur_invariant_flows, blur_invariant_loss, deblur_loss, end_point_error, masked_warp_error
@@ -176,7 +178,7 @@ class BIMNetTrainer(Trainer):
             bimnet = load_bimnet(self.config.model.init_weights)
         else:
             bimnet = BIMNet()
-            xavier_init(bimnet, self.config.model.init_gain)
+            bimnet_init_for_training(bimnet, self.config.model.init_gain)
         return bimnet, bimnet
 
     def train_clip(self, batch, max_steps=None):
@@ -189,7 +191,8 @@ class BIMNetTrainer(Trainer):
                 break
             loss, parts = blur_invariant_loss(
                 self.net, blurry[:, t - 1], blurry[:, t], sharp[:, t - 1], sharp[:, t],
-                gt_flow=None if gt_flow is None else gt_flow[:, t - 1], epe_weight=self.config.loss.flow_epe_weight)
+                gt_flow=None if gt_flow is None else gt_flow[:, t - 1], epe_weight=self.config.loss.flow_epe_weight,
+                multiscale=self.config.loss.flow_epe_multiscale, pairs=tuple(self.config.loss.flow_pairs))
             record = self._optimizer_step(loss)
             record.update({name: float(value) for name, value in parts.items()})
             records.append(record)

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvd._files import default_permissions
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT_NAME = "REPORT.md"
 DEFAULT_BASELINES = ("torch", "reference", "eager", "pytorch", "baseline")
@@ -321,6 +323,7 @@ def build_report(results_dir: Path, out_dir: Path | None = None, baselines: Sequ
     report = out_dir / REPORT_NAME
     with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=".REPORT.", suffix=".tmp", delete=False) as handle:
         handle.write("\n".join(lines))
+    default_permissions(handle.name)
     os.replace(handle.name, report)
     return report
 

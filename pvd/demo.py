@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import metrics, pipeline, video_io
+from ._files import default_permissions
 from .data import synth
 
 PHOTOGRAPH_NAME = "astronaut.jpg"
@@ -245,6 +246,7 @@ def _write_output(out: Path, overwrite: bool, blurry, sharp, deblurred, comparis
     """Write every file into a temporary sibling of `out`, then rename it to `out` (replacing it if allowed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    default_permissions(temporary)
     try:
         _write_frames(temporary / BLURRY_FOLDER, blurry)
         _write_frames(temporary / SHARP_FOLDER, sharp)

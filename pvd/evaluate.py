@@ -9,7 +9,8 @@ its sharp frame with `pvd.metrics.frame_scores`:
 - aligned PSNR / SSIM: the paper's MATLAB protocol (16-pixel border crop, least-squares intensity scale,
   integer DFT registration, luma, Gaussian SSIM, output stored as 8 bits).
 The ground truth is cropped to the output's size (the 'original' size policy outputs the top-left
-multiple-of-4 crop; the original evaluation crops both alike).
+multiple-of-4 crop; the original evaluation crops both alike). The blurry input frame, cropped alike, is scored
+the same way (`input_*`): the baseline that the deblurred output must beat.
 
 Means, as the originals take them: plain over all scored frames of all videos (the Python evaluation);
 aligned over all frames but each video's first (the MATLAB evaluation starts at frame 2). `seconds` is the
@@ -17,7 +18,8 @@ wall time of the pipeline call that produced the frame (GPU synchronised; frame 
 excluded).
 
 Outputs in `output_dir` (each written to a temporary name, then renamed):
-- scores.csv: video, frame, index, psnr, ssim, psnr_aligned, ssim_aligned, seconds (one row per frame);
+- scores.csv: video, frame, index, psnr, ssim, psnr_aligned, ssim_aligned, input_psnr, input_ssim,
+  input_psnr_aligned, input_ssim_aligned, seconds (one row per frame);
 - summary.json: per-video and overall means, frame counts, timing, and the settings used;
 - summary.md: the same as a Markdown table.
 """
@@ -41,10 +43,13 @@ import torch
 import pvd
 
 from . import metrics, pipeline
+from ._files import default_permissions
 from .data import datasets
 
 SCORE_KEYS = ("psnr", "ssim", "psnr_aligned", "ssim_aligned")
-CSV_COLUMNS = ("video", "frame", "index") + SCORE_KEYS + ("seconds",)
+INPUT_PREFIX = "input_"  # the same scores of the blurry input frame
+INPUT_SCORE_KEYS = tuple(INPUT_PREFIX + key for key in SCORE_KEYS)
+CSV_COLUMNS = ("video", "frame", "index") + SCORE_KEYS + INPUT_SCORE_KEYS + ("seconds",)
 SCORES_NAME = "scores.csv"
 SUMMARY_JSON_NAME = "summary.json"
 SUMMARY_MD_NAME = "summary.md"
@@ -79,6 +84,7 @@ def _synchronize(device: torch.device) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", newline="") as file:
             file.write(text)
@@ -102,15 +108,12 @@ def _aggregate(rows: list[dict]) -> dict:
     """Means of one video's (or all videos') rows, by the conventions of the module docstring."""
     aligned_rows = [row for row in rows if row["index"] >= FIRST_ALIGNED_INDEX]
     total_seconds = sum(row["seconds"] for row in rows)
-    return {
-        "frames": len(rows),
-        "aligned_frames": len(aligned_rows),
-        "psnr": _json_number(_mean(row["psnr"] for row in rows)),
-        "ssim": _json_number(_mean(row["ssim"] for row in rows)),
-        "psnr_aligned": _json_number(_mean(row["psnr_aligned"] for row in aligned_rows)),
-        "ssim_aligned": _json_number(_mean(row["ssim_aligned"] for row in aligned_rows)),
-        "seconds_per_frame": _json_number(total_seconds / len(rows)) if rows else None,
-    }
+    means = {"frames": len(rows), "aligned_frames": len(aligned_rows)}
+    for key in SCORE_KEYS + INPUT_SCORE_KEYS:
+        scored_rows = aligned_rows if key.endswith("_aligned") else rows
+        means[key] = _json_number(_mean(row[key] for row in scored_rows))
+    means["seconds_per_frame"] = _json_number(total_seconds / len(rows)) if rows else None
+    return means
 
 
 def _format(value: float | None, digits: int) -> str:
@@ -137,6 +140,15 @@ def markdown_summary(summary: dict) -> str:
         lines.append(f"| {name} | {scores['frames']} | {_format(scores['psnr'], 2)} | {_format(scores['ssim'], 4)} | "
                      f"{_format(scores['psnr_aligned'], 2)} | {_format(scores['ssim_aligned'], 4)} | "
                      f"{_format(scores['seconds_per_frame'], 3)} |")
+    lines += ["", "The blurry input frames, scored alike (the baseline):", "",
+              "| video | input PSNR | input SSIM | input PSNR aligned | input SSIM aligned | PSNR gain | "
+              "PSNR gain aligned |", "|---|---|---|---|---|---|---|"]
+    for name, scores in entries:
+        gains = [None if scores[key] is None or scores[INPUT_PREFIX + key] is None
+                 else scores[key] - scores[INPUT_PREFIX + key] for key in ("psnr", "psnr_aligned")]
+        lines.append(f"| {name} | {_format(scores['input_psnr'], 2)} | {_format(scores['input_ssim'], 4)} | "
+                     f"{_format(scores['input_psnr_aligned'], 2)} | {_format(scores['input_ssim_aligned'], 4)} | "
+                     f"{_format(gains[0], 2)} | {_format(gains[1], 2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,23 +158,25 @@ def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames
     from tqdm import tqdm
 
     frame_count = len(video) if limit_frames is None else min(len(video), limit_frames)
-    pending: collections.deque = collections.deque()  # (index, name, sharp) awaiting their output
+    pending: collections.deque = collections.deque()  # (index, name, blurry, sharp) awaiting their output
     deblurrer.reset()
 
     def scored(output: torch.Tensor, seconds: float) -> dict:
-        index, name, sharp = pending.popleft()
+        index, name, blurry, sharp = pending.popleft()
         height, width = output.shape[-2:]
         result = (output + 1) / 2  # [-1, 1] -> [0, 1], not clamped (the Python evaluation scores it as is)
         truth = (sharp[..., :height, :width].to(device).unsqueeze(0) + 1) / 2
-        scores = metrics.frame_scores(result, truth, **score_options)
+        given = (blurry[..., :height, :width] + 1) / 2
         row = {"video": video.name, "frame": name, "index": index, "seconds": seconds}
-        row.update({key: value.item() for key, value in scores.items()})
+        row.update({key: value.item() for key, value in metrics.frame_scores(result, truth, **score_options).items()})
+        row.update({INPUT_PREFIX + key: value.item()
+                    for key, value in metrics.frame_scores(given, truth, **score_options).items()})
         return row
 
     with tqdm(total=frame_count, unit="frame", desc=video.name, disable=not progress, dynamic_ncols=True) as bar:
         for pair in itertools.islice(datasets.iter_frames(video), frame_count):
-            pending.append((pair.index, pair.name, pair.sharp))
             blurry = pair.blurry.to(device).unsqueeze(0)
+            pending.append((pair.index, pair.name, blurry, pair.sharp))
             _synchronize(device)
             start = time.perf_counter()
             output = deblurrer.push(blurry)
@@ -220,6 +234,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     output_dir.mkdir(parents=True, exist_ok=True)
     rows_by_video: dict[str, list[dict]] = {}
     handle, scores_temporary = tempfile.mkstemp(prefix=f".{SCORES_NAME}.", suffix=".tmp", dir=output_dir)
+    default_permissions(scores_temporary)
     try:
         with os.fdopen(handle, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pvd
+from pvd._files import default_permissions
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
 
 FORMAT = "pvd"
@@ -94,6 +95,7 @@ def save(model: nn.Module, path: str | os.PathLike, config=None) -> Path:
     os.close(handle)
     try:
         save_file(tensors, temp_name, metadata=metadata)
+        default_permissions(temp_name)  # after save_file, which writes the file 0600
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

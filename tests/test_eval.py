@@ -49,6 +49,34 @@ class IdentityModel(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))  # so .to(device) has something to move
 
 
+class DimmingModel(IdentityModel):
+    """Outputs the blurry frame darkened (in [-1, 1]: x -> x - 0.2), so output and input scores differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.pvdnet = Dimming()
+
+
+class Dimming(nn.Module):
+    def forward(self, pixel_volume, prev, curr, next):  # noqa: A002
+        return curr - 0.2
+
+
+def test_input_scores_are_the_blurry_frames_not_the_output(tmp_path):
+    written = write_gopro(tmp_path / "data", videos=1, frames=3)
+    summary = evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=DimmingModel(), device="cpu",
+                                progress=False)
+    for row in read_scores(tmp_path / "out" / "scores.csv"):
+        blurry, sharp = written[row["video"]][int(row["index"])]
+        given = metrics.frame_scores(as_unit(blurry), as_unit(sharp))
+        output = metrics.frame_scores(as_unit(blurry) - 0.1, as_unit(sharp))
+        assert float(row["input_psnr"]) == pytest.approx(given["psnr"].item(), rel=1e-6)
+        assert float(row["input_ssim_aligned"]) == pytest.approx(given["ssim_aligned"].item(), abs=1e-6)
+        assert float(row["psnr"]) == pytest.approx(output["psnr"].item(), rel=1e-5)
+        assert float(row["psnr"]) < float(row["input_psnr"]) - 1
+    assert summary["overall"]["psnr"] < summary["overall"]["input_psnr"]
+
+
 def smooth_frame(rng, height, width) -> np.ndarray:
     coarse = rng.random((height // 8, width // 8, 3)).astype(np.float32)
     return (cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).round().astype(np.uint8)
@@ -88,7 +116,8 @@ def test_identity_model_scores_equal_the_blurry_frames_scores(tmp_path):
     summary = evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
                                 progress=False)
     rows = read_scores(tmp_path / "out" / "scores.csv")
-    assert list(rows[0]) == ["video", "frame", "index", "psnr", "ssim", "psnr_aligned", "ssim_aligned", "seconds"]
+    assert list(rows[0]) == ["video", "frame", "index", "psnr", "ssim", "psnr_aligned", "ssim_aligned", "input_psnr",
+                             "input_ssim", "input_psnr_aligned", "input_ssim_aligned", "seconds"]
     assert [(r["video"], r["frame"]) for r in rows] == [(v, f"{f:05d}") for v in written for f in range(4)]
     expected = {}
     for row in rows:
@@ -97,6 +126,7 @@ def test_identity_model_scores_equal_the_blurry_frames_scores(tmp_path):
         expected[(row["video"], int(row["index"]))] = scores
         for key, value in scores.items():
             assert float(row[key]) == pytest.approx(value.item(), rel=1e-6), key
+            assert float(row[f"input_{key}"]) == pytest.approx(value.item(), rel=1e-6), key  # output == input
         assert float(row["seconds"]) > 0
     # Means: plain over every frame, aligned without each video's first frame.
     overall = summary["overall"]
@@ -109,6 +139,8 @@ def test_identity_model_scores_equal_the_blurry_frames_scores(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| video0 | 4 |" in markdown and "| **all** | 8 |" in markdown
+    assert overall["input_psnr_aligned"] == pytest.approx(overall["psnr_aligned"], rel=1e-9)
+    assert f"| **all** | {overall['input_psnr']:.2f} |" in markdown and "| 0.00 | 0.00 |" in markdown
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
@@ -124,6 +156,7 @@ def test_limits_and_the_original_size_policy(tmp_path):
     expected = metrics.frame_scores(as_unit(blurry[:HEIGHT, :WIDTH]), as_unit(sharp[:HEIGHT, :WIDTH]))
     assert float(rows[-1]["psnr_aligned"]) == pytest.approx(expected["psnr_aligned"].item(), rel=1e-6)
     assert float(rows[-1]["ssim"]) == pytest.approx(expected["ssim"].item(), abs=1e-6)
+    assert float(rows[-1]["input_psnr_aligned"]) == pytest.approx(expected["psnr_aligned"].item(), rel=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:running with random:UserWarning")

@@ -8,7 +8,11 @@ shows which original tensor it received.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from safetensors.torch import save_file
 
 import pvd
 from pvd import weights
+from pvd.data import synth
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
 
 ORIGINAL = json.loads((Path(__file__).parent / "data" / "original_state_dict_keys.json").read_text())
@@ -261,3 +266,17 @@ def test_convert_original_file(tmp_path):
     model = weights.load(destination, architecture="pvdnet")
     for key, landing in PVDNET_LANDING.items():
         assert torch.equal(landing(model).detach(), original[f"module.{key}"]), key
+
+
+def test_saved_files_get_default_permissions(tmp_path):
+    """Atomic writes go through tempfile (mode 0600); the final file must be as readable as open() makes it."""
+    old = os.umask(0o022)
+    try:
+        weights.save(BIMNet(), tmp_path / "bimnet.safetensors")
+        photo = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        settings = synth.SynthSettings(frames=2, height=32, width=32)
+        synth.generate_dataset(tmp_path / "synth", {"noise": photo}, 1, settings, seed=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bimnet.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "synth").stat().st_mode) == 0o755

@@ -37,7 +37,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .datasets import IMAGE_SUFFIXES, FLOW_FOLDER, decode_frame, natural_key
+from pvd._files import default_permissions
+
+from .datasets import FLOW_FOLDER, IMAGE_SUFFIXES, decode_frame, natural_key
 
 FORMAT_NAME = "pvd-synth"
 FORMAT_VERSION = 1
@@ -493,6 +495,7 @@ def generate_dataset(out: str | os.PathLike, photographs: Mapping[str, np.ndarra
         "videos": [],
     }
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    default_permissions(temporary)
     try:
         indices = range(videos)
         if progress:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pvd._files import default_permissions
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
@@ -44,6 +46,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    default_permissions(temp_name)
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from pvd._files import default_permissions
+
 SCALARS_FILE = "scalars.csv"
 SCALAR_COLUMNS = ("step", "tag", "value")
 
@@ -68,6 +70,7 @@ def save_panels(path: str | os.PathLike, panels: list[torch.Tensor]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(handle)
+    default_permissions(temp_name)
     try:
         if not cv2.imwrite(temp_name, bgr):
             raise ValueError(f"cannot write PNG {str(path)!r}")

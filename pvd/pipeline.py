@@ -55,7 +55,11 @@ PAD_MODE = "replicate"
 UINT8_MAX = 255
 UINT16_MAX = 65535
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = PACKAGE_ROOT / "weights" / "pvd_demo.safetensors"
+# The bundled demo weights: weights/ of a source checkout, else the copy an installed wheel carries in pvd/assets
+# (in the repository pvd/assets/pvd_demo.safetensors is a link to weights/pvd_demo.safetensors).
+REPOSITORY_WEIGHTS = PACKAGE_ROOT / "weights" / "pvd_demo.safetensors"
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "assets" / "pvd_demo.safetensors"
+DEFAULT_WEIGHTS = REPOSITORY_WEIGHTS if REPOSITORY_WEIGHTS.is_file() else PACKAGED_WEIGHTS
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 IO_QUEUE_DEPTH = 4  # frames decoded ahead / awaiting encoding, per video
 IO_POLL_SECONDS = 0.1

@@ -270,3 +270,10 @@ def test_triton_path_matches_the_reference_path(device, monkeypatch):
         triton = deblur_step(model_on_device, *(f.to(device) for f in (frames[0], frames[1], frames[1], frames[0])))
         assert len(reference_calls) == 1, "the Triton run fell back to the reference kernels"
     torch.testing.assert_close(triton.cpu(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_packaged_demo_weights_are_the_repository_weights():
+    """A wheel carries pvd/assets/pvd_demo.safetensors (package data); in the repository it links to weights/."""
+    assert pipeline.REPOSITORY_WEIGHTS.is_file()
+    assert pipeline.PACKAGED_WEIGHTS.resolve() == pipeline.REPOSITORY_WEIGHTS.resolve()
+    assert pipeline.DEFAULT_WEIGHTS == pipeline.REPOSITORY_WEIGHTS

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pvd.commands import add_model_options
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd import pipeline
@@ -17,14 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True,
                         help="output: a frame folder, or OUTPUT.mp4; for a folder of videos, a folder that gets "
                              "<name>/ and/or <name>.mp4 per video")
-    parser.add_argument("--weights", default=None,
-                        help=f"pvd checkpoint (.safetensors); default {pipeline.DEFAULT_WEIGHTS} if it exists")
-    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
-    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
-                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
-    parser.add_argument("--size-policy", choices=pipeline.SIZE_POLICIES, default="pad",
-                        help="pad: any size, full frame out (default); original: the original code's "
-                             "multiple-of-4 crop, for faithful comparison")
+    add_model_options(parser)
     parser.add_argument("--side-by-side", action="store_true", help="write input | output, side by side")
     parser.add_argument("--format", choices=pipeline.OUTPUT_FORMATS, default=None,
                         help="png frames, mp4 video, or both (default: mp4 if OUTPUT ends in .mp4, else png)")

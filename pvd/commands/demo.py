@@ -7,7 +7,7 @@ import re
 import sys
 import warnings
 
-from pvd.commands import parse_size
+from pvd.commands import add_model_options, parse_size
 
 NAME = "demo"
 HELP = "deblur a short blurry clip of a bundled photograph and score it (demo_out/)"
@@ -15,7 +15,7 @@ BANNER_RULE = "!" * 100
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pvd import demo, pipeline
+    from pvd import demo
 
     height, width = demo.DEFAULT_SIZE
     parser = subparsers.add_parser(
@@ -26,11 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "side_by_side.png and results.json to the output folder. Same seed, same output.")
     parser.add_argument("-o", "--out", default=demo.DEFAULT_OUT_DIR,
                         help="output folder (default %(default)s; must not exist unless --overwrite)")
-    parser.add_argument("--weights", default=None,
-                        help=f"pvd checkpoint of the full model (default {pipeline.DEFAULT_WEIGHTS})")
-    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
-    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
-                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
+    add_model_options(parser, size_policy=False)
     parser.add_argument("--frames", type=int, default=demo.DEFAULT_FRAMES, help="clip length (default %(default)s)")
     parser.add_argument("--size", type=parse_size, default=demo.DEFAULT_SIZE, metavar="HxW",
                         help=f"frame size (default {height}x{width})")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pvd.commands import add_model_options
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pvd import metrics, pipeline
+    from pvd import metrics
     from pvd.evaluate import GROUND_TRUTH_LAYOUTS
 
     parser = subparsers.add_parser(
@@ -18,17 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("data_root", help="data set root: <root>/<video>/{input,GT} (DVD) or "
                                           "<root>/<video>/{blur_gamma|blur,sharp} (GoPro, synthetic)")
     parser.add_argument("-o", "--output", required=True, help="folder for scores.csv, summary.json, summary.md")
-    parser.add_argument("--weights", default=None,
-                        help=f"pvd checkpoint of the full model; default {pipeline.DEFAULT_WEIGHTS} if it exists")
+    add_model_options(parser)
     parser.add_argument("--allow-untrained", action="store_true",
                         help="score random weights when no trained weights are found (for testing only)")
     parser.add_argument("--large", action="store_true", help="with --allow-untrained: random PVDNet-large")
-    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
-    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
-                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
-    parser.add_argument("--size-policy", choices=pipeline.SIZE_POLICIES, default="pad",
-                        help="pad: full frames (default); original: the original code's multiple-of-4 crop and "
-                             "flow limited to the multiple-of-32 crop, for faithful comparison")
     parser.add_argument("--layout", choices=GROUND_TRUTH_LAYOUTS, default=None, help="default: detected")
     parser.add_argument("--blurry-folder", default=None,
                         help="GoPro layout: blurry frame folder (default blur_gamma, else blur)")

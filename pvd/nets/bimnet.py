@@ -286,13 +286,13 @@ def init_for_training(bimnet: BIMNet, gain: float = 1.0) -> None:
     - Regularization's `combine_x`/`combine_y`: weights 1, bias 0, so each flow component starts as the
       softmax-weighted average of its neighbours (random weights scale and flip the flow at every level).
     """
-    for layer in bimnet.modules():
-        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(layer.weight, a=NEGATIVE_SLOPE, nonlinearity="leaky_relu")
-            layer.weight.data.mul_(gain)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
     with torch.no_grad():
+        for layer in bimnet.modules():
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(layer.weight, a=NEGATIVE_SLOPE, nonlinearity="leaky_relu")
+                layer.weight.mul_(gain)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
         first = bimnet.features.levels["level1"][0].weight
         first.sub_(first.mean(dim=(1, 2, 3), keepdim=True))
         for level in LEVELS:

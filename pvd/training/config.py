@@ -56,7 +56,7 @@ class ModelConfig:
     large: bool = False  # stage 2: PVDNet-large
     bimnet_weights: str = ""  # stage 2: frozen BIMNet (pvd .safetensors or original .pytorch; "random")
     init_weights: str = ""  # start the trained network from these weights instead of a fresh init
-    init_gain: float = 1.0  # Xavier-uniform gain (original `config.wi`)
+    init_gain: float = 1.0  # gain of the fresh init (PVDNet: Xavier-uniform, original `config.wi`; BIMNet: Kaiming)
 
 
 @dataclass
@@ -227,6 +227,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"log.val_clips must be >= 1, log.val_frames >= {min_frames}, log.val_crop >= 0")
     if config.loss.flow_epe_weight < 0:
         raise ValueError("loss.flow_epe_weight must be >= 0")
-    if not config.loss.flow_pairs or len(set(config.loss.flow_pairs)) != len(config.loss.flow_pairs) or any(
-            pair not in ("bb", "bs", "sb", "ss") for pair in config.loss.flow_pairs):
-        raise ValueError(f"loss.flow_pairs must be distinct names from bb, bs, sb, ss; got {config.loss.flow_pairs}")
+    from .losses import check_pairs
+
+    try:
+        check_pairs(config.loss.flow_pairs)
+    except ValueError as error:
+        raise ValueError(f"loss.flow_pairs: {error}") from None

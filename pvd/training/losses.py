@@ -13,7 +13,8 @@ estimate_flow`), each warping S_{t-1}; with images in [0, 1] and mask = warp(one
 This is the original's `MSE_sum(warped, gt * mask) / mask.sum()`: the target is masked, the warped image is not
 (its zero-padded taps already fade it out at the border). Optional: the end-point error of the four flows
 against a ground-truth flow, either of the output flow alone or averaged over every decoder level
-(multi-scale, as LiteFlowNet is trained: each level's flow against the area-downsampled ground truth). Stage 2: MSE between the deblurred frame and the sharp frame (both in [-1, 1]).
+(multi-scale, as LiteFlowNet is trained: each level's flow against the area-downsampled ground truth).
+Stage 2: MSE between the deblurred frame and the sharp frame (both in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -109,13 +110,13 @@ def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Te
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Stage-1 loss of one frame pair: (total, parts); frames (B, 3, H, W) in [-1, 1].
 
-    parts: "flow" (mean of the four masked warp errors), "warp_<pair>" each term, and with `gt_flow`
-    (B, 2, H, W) (`warp(S_{t-1}, gt_flow) ~ S_t`) "epe_zero_flow" (the baseline: mean |gt_flow|) and "epe" (mean
-    end-point error of the four flows), added to the
-    total with weight `epe_weight`. With `multiscale` (and `gt_flow`) the added term is instead the
-    multi-scale EPE over every decoder level ("epe_levels"); "epe" stays the output flow's. `pairs` restricts
-    the loss to a subset of the four pairings, e.g. ("ss",) for supervised flow pre-training on sharp frames
-    (the original BIMNet started from a LiteFlowNet pre-trained that way). All parts are detached.
+    parts: "flow" (mean of the masked warp errors), "warp_<pair>" each term, and with `gt_flow` (B, 2, H, W)
+    (`warp(S_{t-1}, gt_flow) ~ S_t`) "epe" (mean end-point error of the flows, added to the total with weight
+    `epe_weight`) and "epe_zero_flow" (the baseline: mean |gt_flow|). With `multiscale` (and `gt_flow`) the
+    added term is instead the multi-scale EPE over every decoder level ("epe_levels"); "epe" stays the output
+    flow's. `pairs` restricts the loss to a subset of the four pairings, e.g. ("ss",) for supervised flow
+    pre-training on sharp frames (the original BIMNet started from a LiteFlowNet pre-trained that way).
+    All parts are detached.
     """
     level_flows = None
     if multiscale and gt_flow is not None:

@@ -6,8 +6,8 @@ frozen: a clip of T frames gives T-2 recurrent steps (frame t = 1..T-2 with its 
 with its own optimizer step; the previous output is detached and starts as the first blurry frame.
 
 Both: RAdam with decoupled weight decay, global grad-norm clipping, a LambdaLR stepped after every optimizer
-step, Xavier-uniform init of the trained network (for BIMNet with bilinear upsampling and averaging
-Regularization, `pvd.nets.bimnet.init_for_training`), optional DistributedDataParallel and torch.compile. Stage 2
+step, a fresh init of the trained network (Xavier-uniform for PVDNet, `pvd.nets.bimnet.init_for_training` for
+BIMNet), optional DistributedDataParallel and torch.compile. Stage 2
 runs PVDNet under bf16 autocast on CUDA (BIMNet, flow and pixel volume stay fp32, as in `pvd.pipeline`).
 Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]).
 """

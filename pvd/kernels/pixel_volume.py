@@ -48,13 +48,20 @@ def _gray_at(base, offset, stride_c, mask, CHANNELS: tl.constexpr, ACC: tl.const
 
 
 @triton.jit
-def _candidate(flow_base, qy, qx, q_inside, offset_x, offset_y, H, W, stride_fc, stride_fh, stride_fw,
+def _candidate(flow_base, py, px, in_range, step_x, step_y, H, W, stride_fc, stride_fh, stride_fw,
                HALF: tl.constexpr, ACC: tl.constexpr):
-    """Target (X0, Y0) that the flow at neighbour q points to for one offset, and whether it is used.
+    """Candidate (step_x, step_y) of pixels (py, px): the neighbour q = p - offset (offset = step - HALF), the
+    target (X0, Y0) that q's flow points to, shifted by the offset, and whether it is used.
 
     Used means q is inside, its flow finite and 1 <= X0 <= W-2, 1 <= Y0 <= H-2; otherwise fill is used
-    (or 0 when q is outside). Returns int32 coordinates that are only meaningful where used.
+    (or 0 when q is outside). Returns (q_inside, target_x, target_y, used); the int32 coordinates are only
+    meaningful where used.
     """
+    offset_x = step_x - HALF
+    offset_y = step_y - HALF
+    qy = py - offset_y
+    qx = px - offset_x
+    q_inside = in_range & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
     flow_offset = qy * stride_fh + qx * stride_fw
     flow_x = tl.load(flow_base + flow_offset, mask=q_inside, other=0.0).to(ACC)
     flow_y = tl.load(flow_base + stride_fc + flow_offset, mask=q_inside, other=0.0).to(ACC)
@@ -69,7 +76,7 @@ def _candidate(flow_base, qy, qx, q_inside, offset_x, offset_y, H, W, stride_fc,
     target_x = base_x.to(tl.int32) + offset_x
     target_y = base_y.to(tl.int32) + offset_y
     used = q_inside & finite & (target_x >= 1) & (target_x <= W - 2) & (target_y >= 1) & (target_y <= H - 2)
-    return target_x, target_y, used
+    return q_inside, target_x, target_y, used
 
 
 @triton.jit
@@ -97,13 +104,8 @@ def _pixel_volume_forward_kernel(
     out_base = out_ptr + batch * (KERNEL_SIZE * KERNEL_SIZE) * H * W + offs
     for step_x in tl.static_range(KERNEL_SIZE):
         for step_y in tl.static_range(KERNEL_SIZE):
-            offset_x = step_x - HALF
-            offset_y = step_y - HALF
-            qy = py - offset_y
-            qx = px - offset_x
-            q_inside = in_range & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-            target_x, target_y, used = _candidate(flow_base, qy, qx, q_inside, offset_x, offset_y, H, W,
-                                                  stride_fc, stride_fh, stride_fw, HALF, ACC)
+            q_inside, target_x, target_y, used = _candidate(flow_base, py, px, in_range, step_x, step_y, H, W,
+                                                            stride_fc, stride_fh, stride_fw, HALF, ACC)
             candidate = _gray_at(image_base, target_y * stride_ih + target_x * stride_iw, stride_ic, used,
                                  IMAGE_CHANNELS, ACC)
             value = tl.where(used, candidate, tl.where(q_inside, fill_gray, 0.0))
@@ -140,13 +142,8 @@ def _pixel_volume_backward_kernel(
     # Offsets along x loop at run time: fully unrolled, the 25 atomics made ptxas spill a few bytes (sm_80/sm_90a).
     for step_x in range(KERNEL_SIZE):
         for step_y in tl.static_range(KERNEL_SIZE):
-            offset_x = step_x - HALF
-            offset_y = step_y - HALF
-            qy = py - offset_y
-            qx = px - offset_x
-            q_inside = in_range & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-            target_x, target_y, used = _candidate(flow_base, qy, qx, q_inside, offset_x, offset_y, H, W,
-                                                  stride_fc, stride_fh, stride_fw, HALF, ACC)
+            q_inside, target_x, target_y, used = _candidate(flow_base, py, px, in_range, step_x, step_y, H, W,
+                                                            stride_fc, stride_fh, stride_fw, HALF, ACC)
             channel = step_x * KERNEL_SIZE + step_y
             grad = tl.load(grad_out_base + channel * stride_gc, mask=q_inside, other=0.0).to(ACC)
             if NEED_IMAGE_GRAD:

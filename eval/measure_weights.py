@@ -4,7 +4,8 @@ For every video of a synthetic data set (`pvd synth`, GoPro layout with ground-t
 - PSNR/SSIM of the blurry input and of the deblurred output against the sharp frame (plain, whole frame);
 - the same output with PVDNet fed a pixel volume built from a zero flow instead of BIMNet's (ablation:
   what the motion-compensated pixel volume buys);
-- BIMNet's end-point error against the ground-truth flow, and the zero-flow end-point error.
+- BIMNet's end-point error against the ground-truth flow on sharp pairs (S_t, S_{t-1}) and on the blurry
+  pairs (B_t, B_{t-1}) that deblurring feeds it, and the zero-flow end-point error.
 
     python eval/measure_weights.py runs/synth_test --weights weights/pvd_demo.safetensors -o runs/measure
 
@@ -49,7 +50,7 @@ def measure(data_root: str, weights: str, device: str = "auto", limit_videos: in
     videos = datasets.list_videos(data_root)[:limit_videos]
     sums: dict[str, list[float]] = {key: [] for key in (
         "psnr_blurry", "ssim_blurry", "psnr_deblurred", "ssim_deblurred", "psnr_zero_flow_pv",
-        "ssim_zero_flow_pv", "epe_bimnet", "epe_zero_flow")}
+        "ssim_zero_flow_pv", "epe_bimnet", "epe_bimnet_blurry", "epe_zero_flow")}
     started = time.perf_counter()
     for video in videos:
         if video.sharp is None or video.flow is None:
@@ -67,6 +68,8 @@ def measure(data_root: str, weights: str, device: str = "auto", limit_videos: in
             truth = torch.from_numpy(datasets.read_flow(video.flow[t])).unsqueeze(0).to(device)
             flow = pipeline.estimate_flow(model.bimnet, sharp[t], sharp[t - 1])
             sums["epe_bimnet"].append(end_point_error(flow, truth))
+            blurry_flow = pipeline.estimate_flow(model.bimnet, blurry[t], blurry[t - 1])
+            sums["epe_bimnet_blurry"].append(end_point_error(blurry_flow, truth))
             sums["epe_zero_flow"].append(end_point_error(torch.zeros_like(truth), truth))
             reference = _unit(sharp[t])
             for name, image in (("blurry", curr), *outputs.items()):
@@ -88,6 +91,7 @@ def markdown(result: dict) -> str:
     lines += [f"| {name} | {p:.2f} | {s:.4f} |" for name, p, s in rows]
     lines += ["", "| flow | end-point error (px) |", "|---|---|",
               f"| BIMNet (sharp pairs) | {result['epe_bimnet']:.3f} |",
+              f"| BIMNet (blurry pairs) | {result['epe_bimnet_blurry']:.3f} |",
               f"| zero flow | {result['epe_zero_flow']:.3f} |"]
     return "\n".join(lines)
 

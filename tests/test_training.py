@@ -99,6 +99,8 @@ def test_paper_configs():
         assert config.model.large == (name == "gopro_large")
     assert load_config(CONFIG_DIR / "dvd.toml").data.layout == "dvd"
     assert load_config(CONFIG_DIR / "bimnet.toml").run.stage == "bimnet"
+    synth = load_config(CONFIG_DIR / "bimnet_synth.toml")  # the demo BIMNet's recipe (weights/README.md)
+    assert synth.run.stage == "bimnet" and synth.loss.flow_epe_weight > 0 and synth.loss.flow_epe_multiscale
     assert load_config(CONFIG_DIR / "cpu_small.toml").run.device == "cpu"
 
 

@@ -19,18 +19,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from pvd import metrics, pipeline
 from pvd.data import datasets
-
-
-def zero_flow_bimnet(image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-    """Stand-in for BIMNet that predicts no motion: (B, 2, H/2, W/2) zeros."""
-    batch, _, height, width = image1.shape
-    return image1.new_zeros((batch, 2, height // 2, width // 2))
 
 
 def end_point_error(flow: torch.Tensor, truth: torch.Tensor) -> float:
@@ -46,7 +39,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def measure(data_root: str, weights: str, device: str = "auto", limit_videos: int | None = None) -> dict:
     device = pipeline.resolve_device(device)
     model = pipeline.load_model(weights, device=device)
-    ablation = SimpleNamespace(bimnet=zero_flow_bimnet, pvdnet=model.pvdnet)
+    ablation = pipeline.with_zero_flow(model)
     videos = datasets.list_videos(data_root)[:limit_videos]
     sums: dict[str, list[float]] = {key: [] for key in (
         "psnr_blurry", "ssim_blurry", "psnr_deblurred", "ssim_deblurred", "psnr_zero_flow_pv",

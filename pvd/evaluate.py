@@ -127,7 +127,8 @@ def markdown_summary(summary: dict) -> str:
         f"# Evaluation of {settings['weights'] or 'an in-memory model'} on {settings['data_root']}",
         "",
         f"Layout {settings['layout']}, device {settings['device']}, precision {settings['precision']}, "
-        f"size policy {settings['size_policy']}, pvd {settings['pvd_version']}, {settings['date']}.",
+        f"size policy {settings['size_policy']}, pvd {settings['pvd_version']}, {settings['date']}."
+        + (" BIMNet replaced by a zero flow (pixel-volume ablation)." if settings.get("zero_flow") else ""),
         "Plain: whole frame, RGB, SSIM window " + settings["plain_ssim_window"] + " (all frames). Aligned: the "
         f"paper's MATLAB protocol ({settings['border']}-px crop, intensity fit, DFT registration, luma; each "
         "video's first frame excluded).",
@@ -197,13 +198,14 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              device: str | torch.device = "auto", precision: str = "auto", size_policy: str = "pad",
              layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
              limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
-             overwrite: bool = False, progress: bool = True) -> dict:
+             zero_flow: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
     model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
-    evaluation) or "gaussian". Returns the summary (as in summary.json). Raises ValueError for a data set
+    evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.with_zero_flow`; the
+    pixel-volume ablation). Returns the summary (as in summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
@@ -228,6 +230,8 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
         if weights is None:
             default = pipeline.DEFAULT_WEIGHTS
             weights_used = str(default) if default.is_file() else "random (untrained) weights"
+    if zero_flow:
+        model = pipeline.with_zero_flow(model)
     deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
     score_options = {"border": border, "plain_ssim_window": plain_ssim_window}
 
@@ -252,7 +256,8 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
                 "data_root": str(data_root), "layout": layout, "weights": weights_used,
                 "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
                 "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
-                "plain_ssim_window": plain_ssim_window, "limit_videos": limit_videos, "limit_frames": limit_frames,
+                "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
+                "limit_frames": limit_frames,
                 "pvd_version": pvd.__version__, "torch_version": torch.__version__,
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
             },

@@ -365,6 +365,33 @@ def deblur_frames(model, frames: Iterable, **options) -> Iterator:
 # ---------------------------------------------------------------------------------------------------- models
 
 
+class ZeroFlow(torch.nn.Module):
+    """Stand-in for BIMNet that predicts no motion: (image1, image2) (B, 3, H, W) -> (B, 2, H/2, W/2) zeros.
+
+    With it the pixel volume holds the previous output's own k x k neighbourhood: the ablation of what the
+    motion-compensated pixel volume buys (`with_zero_flow`, `pvd eval --zero-flow`).
+    """
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = image1.shape
+        return image1.new_zeros((batch, 2, height // 2, width // 2))
+
+
+class ZeroFlowModel(torch.nn.Module):
+    """A full model's PVDNet with BIMNet replaced by `ZeroFlow` (`.bimnet`, `.pvdnet`, `.large` as the model's)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.bimnet = ZeroFlow()
+        self.pvdnet = model.pvdnet
+        self.large = bool(getattr(model, "large", False))
+
+
+def with_zero_flow(model) -> ZeroFlowModel:
+    """The same PVDNet fed pixel volumes built from a zero flow (shares its parameters with `model`)."""
+    return ZeroFlowModel(model)
+
+
 def load_model(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                allow_untrained: bool = False, large: bool = False):
     """The full model (`.bimnet`, `.pvdnet`) from `weights`, else from DEFAULT_WEIGHTS if present.

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from pvd import evaluate, metrics, weights
+from pvd.kernels import reference
+from pvd.pipeline import ZeroFlow
 from pvd.cli import main
 from pvd.nets import BIMNet
 
@@ -26,12 +28,6 @@ HEIGHT, WIDTH = 64, 80
 @pytest.fixture(autouse=True)
 def reference_kernels(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-
-
-class ZeroFlow(nn.Module):
-    def forward(self, image1, image2):
-        batch, _, height, width = image1.shape
-        return image1.new_zeros(batch, 2, height // 2, width // 2)
 
 
 class PassThrough(nn.Module):
@@ -207,3 +203,42 @@ def test_bad_options_are_refused(tmp_path, option, value):
     with pytest.raises(ValueError, match=option):
         evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
                           progress=False, **{option: value})
+
+
+class ConstantFlow(nn.Module):
+    """BIMNet's interface: the same flow of (+3, -2) pixels everywhere."""
+
+    def forward(self, image1, image2):
+        batch, _, height, width = image1.shape
+        return torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(batch, 2, height // 2, width // 2).clone()
+
+
+class RecordingPassThrough(PassThrough):
+    """PassThrough that keeps every (pixel_volume, curr) it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, pixel_volume, prev, curr, next):  # noqa: A002
+        self.calls.append((pixel_volume.clone(), curr.clone()))
+        return curr.clone()
+
+
+def test_zero_flow_ablation_feeds_zero_flow_pixel_volumes(tmp_path):
+    """evaluate(zero_flow=True) builds the pixel volume from a zero flow, not from the model's BIMNet."""
+    write_gopro(tmp_path / "data", videos=1, frames=3)
+    for zero_flow in (True, False):
+        model = IdentityModel()
+        model.bimnet, model.pvdnet = ConstantFlow(), RecordingPassThrough()
+        summary = evaluate.evaluate(tmp_path / "data", tmp_path / f"out_{zero_flow}", model=model, device="cpu",
+                                    zero_flow=zero_flow, progress=False)
+        assert summary["settings"]["zero_flow"] is zero_flow
+        assert ("zero flow" in (tmp_path / f"out_{zero_flow}" / "summary.md").read_text()) is zero_flow
+        calls = model.pvdnet.calls
+        assert len(calls) == 3
+        for (_, previous_output), (pixel_volume, curr) in zip(calls[:-1], calls[1:]):
+            flow = torch.zeros(1, 2, HEIGHT, WIDTH) if zero_flow else \
+                torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, HEIGHT, WIDTH)
+            expected = reference.pixel_volume(previous_output.double(), flow.double(), curr.double())
+            torch.testing.assert_close(pixel_volume.double(), expected, atol=1e-5, rtol=0)

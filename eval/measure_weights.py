@@ -24,11 +24,7 @@ import torch
 
 from pvd import metrics, pipeline
 from pvd.data import datasets
-
-
-def end_point_error(flow: torch.Tensor, truth: torch.Tensor) -> float:
-    """Mean Euclidean distance in pixels between (B, 2, H, W) flows."""
-    return float((flow - truth).norm(dim=1).mean())
+from pvd.training.losses import end_point_error
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +35,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def measure(data_root: str, weights: str, device: str = "auto", limit_videos: int | None = None) -> dict:
     device = pipeline.resolve_device(device)
     model = pipeline.load_model(weights, device=device)
-    ablation = pipeline.with_zero_flow(model)
+    ablation = pipeline.ZeroFlowModel(model)
     videos = datasets.list_videos(data_root)[:limit_videos]
     sums: dict[str, list[float]] = {key: [] for key in (
         "psnr_blurry", "ssim_blurry", "psnr_deblurred", "ssim_deblurred", "psnr_zero_flow_pv",
@@ -60,10 +56,10 @@ def measure(data_root: str, weights: str, device: str = "auto", limit_videos: in
                 continue
             truth = torch.from_numpy(datasets.read_flow(video.flow[t])).unsqueeze(0).to(device)
             flow = pipeline.estimate_flow(model.bimnet, sharp[t], sharp[t - 1])
-            sums["epe_bimnet"].append(end_point_error(flow, truth))
+            sums["epe_bimnet"].append(float(end_point_error(flow, truth)))
             blurry_flow = pipeline.estimate_flow(model.bimnet, blurry[t], blurry[t - 1])
-            sums["epe_bimnet_blurry"].append(end_point_error(blurry_flow, truth))
-            sums["epe_zero_flow"].append(end_point_error(torch.zeros_like(truth), truth))
+            sums["epe_bimnet_blurry"].append(float(end_point_error(blurry_flow, truth)))
+            sums["epe_zero_flow"].append(float(end_point_error(torch.zeros_like(truth), truth)))
             reference = _unit(sharp[t])
             for name, image in (("blurry", curr), *outputs.items()):
                 sums[f"psnr_{name}"].append(float(metrics.psnr(_unit(image), reference)))

@@ -204,7 +204,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
-    evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.with_zero_flow`; the
+    evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.ZeroFlowModel`; the
     pixel-volume ablation). Returns the summary (as in summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
@@ -231,7 +231,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
             default = pipeline.DEFAULT_WEIGHTS
             weights_used = str(default) if default.is_file() else "random (untrained) weights"
     if zero_flow:
-        model = pipeline.with_zero_flow(model)
+        model = pipeline.ZeroFlowModel(model)
     deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
     score_options = {"border": border, "plain_ssim_window": plain_ssim_window}
 

@@ -369,7 +369,7 @@ class ZeroFlow(torch.nn.Module):
     """Stand-in for BIMNet that predicts no motion: (image1, image2) (B, 3, H, W) -> (B, 2, H/2, W/2) zeros.
 
     With it the pixel volume holds the previous output's own k x k neighbourhood: the ablation of what the
-    motion-compensated pixel volume buys (`with_zero_flow`, `pvd eval --zero-flow`).
+    motion-compensated pixel volume buys (`ZeroFlowModel`, `pvd eval --zero-flow`).
     """
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
@@ -378,18 +378,14 @@ class ZeroFlow(torch.nn.Module):
 
 
 class ZeroFlowModel(torch.nn.Module):
-    """A full model's PVDNet with BIMNet replaced by `ZeroFlow` (`.bimnet`, `.pvdnet`, `.large` as the model's)."""
+    """The same PVDNet fed pixel volumes built from a zero flow: `model`'s PVDNet (shared, not copied) with
+    BIMNet replaced by `ZeroFlow`; `.bimnet`, `.pvdnet`, and `.large` as the model's."""
 
     def __init__(self, model):
         super().__init__()
         self.bimnet = ZeroFlow()
         self.pvdnet = model.pvdnet
         self.large = bool(getattr(model, "large", False))
-
-
-def with_zero_flow(model) -> ZeroFlowModel:
-    """The same PVDNet fed pixel volumes built from a zero flow (shares its parameters with `model`)."""
-    return ZeroFlowModel(model)
 
 
 def load_model(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",

@@ -2,6 +2,7 @@
 
     python bench/kernels.py [--ops correlation warp pixel_volume] [--modes fwd fwd+bwd] [--quick | --full]
                             [--dtype float32] [--providers ...] [--csv bench/results/kernels.csv] [--no-csv]
+                            [--time-limit SECONDS] [--correlation-design NAME] [--dry-run]
 
 Sizes (batch 1): correlation and warp at every LiteFlowNet pyramid level of a 1280x720 pair -- level 2: 64 ch
 at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 4-6: 96/128/192 ch at 160x90,
@@ -17,12 +18,22 @@ forward output is checked against `reference` before it is timed (column `check`
 GPU: `triton.testing.do_bench`, median ms (L2 flushed between runs). CPU: time.perf_counter median; only the
 reference and baseline providers run and the rows say "CPU" in the device column. GB/s counts the minimal bytes
 moved (each input element read once, each output written once; see `*_bytes` below); % of peak uses the data
-sheet bandwidth of the GPU (bench/_env.py). Rows are appended to bench/results/kernels.csv.
+sheet bandwidth of the GPU (bench/_env.py; columns peak_gbps, "unknown" for a GPU not in the table, and
+pct_peak). Rows are appended to bench/results/kernels.csv after each case, so an interrupted run keeps them.
+
+`--time-limit`: cases start only while time is left (bench/_budget.py). `--correlation-design NAME`: run with
+PVD_CORRELATION_KERNEL=NAME and label the pvd correlation rows `pvd[NAME]` (`--list-correlation-designs`
+prints the designs pvd.kernels.correlation offers in KERNEL_DESIGNS, none when it has one).
+`--dry-run` (bench/gpu_check.py): tiny sizes and channel counts, one timed run per measurement; on CPU under
+TRITON_INTERPRET=1 the pvd provider then runs in the interpreter (functional check, timings meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
+import os
 import statistics
 import sys
 import time
@@ -36,7 +47,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
+from _env import (  # noqa: E402
+    PATH_CPU_REFERENCE,
+    PATH_INTERPRETER,
+    append_rows,
+    describe_environment,
+    env_columns,
+    print_banner,
+)
 
 from pvd.kernels import correlation, pixel_volume, reference, warp  # noqa: E402
 
@@ -63,11 +82,21 @@ MIN_QUICK_SIZE = 8
 GPU_WARMUP_MS, GPU_REP_MS = 25, 100
 # CPU timing: at least CPU_MIN_RUNS runs and CPU_MIN_SECONDS, at most CPU_MAX_RUNS runs.
 CPU_MIN_RUNS, CPU_MAX_RUNS, CPU_MIN_SECONDS = 3, 20, 0.3
+CPU_WARMUP_RUNS = 1
 CPU_THREADS = 1
 # Forward check against the reference: |a - b| <= atol * max(1, max|reference|) + rtol * |reference|.
 CHECK_TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-10, 1e-10),
                    torch.float16: (2e-2, 1e-2), torch.bfloat16: (5e-2, 2e-2)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# --dry-run: a stride-2 and a stride-1 level and a frame, tiny, with a smaller displacement range and pixel-volume
+# kernel (the interpreter's time grows with them); every provider and mode still runs.
+DRY_RUN_LEVELS = ((2, 4, 20, 12, 2), (6, 8, 7, 5, 1))
+DRY_RUN_FRAME = (24, 16)  # width, height
+DRY_RUN_MAX_DISPLACEMENT = 1
+DRY_RUN_PIXEL_VOLUME_KERNEL = 3
+# A case starts only when at least this many seconds of --time-limit are left.
+CASE_RESERVE_S = 2.0
+CORRELATION_DESIGN_ENV = "PVD_CORRELATION_KERNEL"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +263,7 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
         "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL}", make,
         {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
-         "original_loop": original_loop_pixel_volume},
+         "original_loop": lambda image, flow, fill: original_loop_pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL)},
         ("image", "fill"), forward, backward)]
 
 
@@ -252,7 +281,8 @@ def _time_gpu(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None)
 
 
 def _time_cpu(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None) -> float:
-    fn()  # warm-up
+    for _ in range(CPU_WARMUP_RUNS):
+        fn()
     times = []
     start = time.perf_counter()
     while len(times) < CPU_MAX_RUNS and (len(times) < CPU_MIN_RUNS or time.perf_counter() - start < CPU_MIN_SECONDS):
@@ -360,57 +390,161 @@ def _parse_args(argv):
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help=f"sizes divided by {QUICK_DIVISOR} (default on CPU)")
     size.add_argument("--full", action="store_true", help="full sizes (default on GPU)")
+    size.add_argument("--dry-run", action="store_true",
+                      help="tiny sizes, one timed run each (the CPU dry run of scripts/gpu_check.sh)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--csv", default=str(RESULTS_CSV), help="results CSV to append to")
     parser.add_argument("--no-csv", action="store_true", help="do not write the results CSV")
     parser.add_argument("--cpu-threads", type=int, default=CPU_THREADS,
                         help=f"torch threads on CPU (default {CPU_THREADS}: stable timings on a shared machine)")
+    add_time_limit_argument(parser)
+    parser.add_argument("--correlation-design", default=None, metavar="NAME",
+                        help=f"run the correlation design NAME ({CORRELATION_DESIGN_ENV}=NAME), rows labelled pvd[NAME]")
+    parser.add_argument("--list-correlation-designs", action="store_true",
+                        help="print the correlation designs pvd offers, one a line, and exit")
     return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hooks of bench/gpu_check.py: dry-run sizes, correlation designs, provider labels, peak bandwidth columns.
+
+def _shrink_for_dry_run() -> None:
+    """Swap the module's sizes for tiny ones and time each measurement once (--dry-run)."""
+    global PYRAMID_LEVELS, FRAME_WIDTH, FRAME_HEIGHT, MAX_DISPLACEMENT, PIXEL_VOLUME_KERNEL
+    global CPU_MIN_RUNS, CPU_MAX_RUNS, CPU_MIN_SECONDS, CPU_WARMUP_RUNS, GPU_WARMUP_MS, GPU_REP_MS
+    PYRAMID_LEVELS = DRY_RUN_LEVELS
+    FRAME_WIDTH, FRAME_HEIGHT = DRY_RUN_FRAME
+    MAX_DISPLACEMENT, PIXEL_VOLUME_KERNEL = DRY_RUN_MAX_DISPLACEMENT, DRY_RUN_PIXEL_VOLUME_KERNEL
+    CPU_MIN_RUNS = CPU_MAX_RUNS = 1
+    CPU_MIN_SECONDS, CPU_WARMUP_RUNS = 0.0, 0
+    GPU_WARMUP_MS, GPU_REP_MS = 1, 1
+
+
+def correlation_designs() -> tuple[str, ...]:
+    """The correlation kernel designs pvd.kernels.correlation offers (its KERNEL_DESIGNS), () for a single one."""
+    module = importlib.import_module("pvd.kernels.correlation")
+    return tuple(str(name) for name in getattr(module, "KERNEL_DESIGNS", ()))
+
+
+def _select_design(design: str | None) -> str | None:
+    """Validate --correlation-design and put it in the environment pvd reads; returns the label (or None)."""
+    if design is None:
+        return None
+    offered = correlation_designs()
+    if offered and design not in offered:
+        raise SystemExit(f"unknown correlation design {design!r}; pvd offers {', '.join(offered)}")
+    os.environ[CORRELATION_DESIGN_ENV] = design
+    return design
+
+
+def provider_label(op: str, provider: str, design: str | None) -> str:
+    """The provider column: pvd correlation rows carry the design, e.g. 'pvd[tiled]'."""
+    return f"{provider}[{design}]" if design and provider == "pvd" and op == "correlation" else provider
+
+
+def peak_columns(gbps: float, env: dict) -> dict:
+    """peak_gbps (data sheet; 'unknown' for a GPU not in bench/_env.py's table, '' on CPU) and pct_peak."""
+    peak_gbps = env["peak_gbps"]
+    if peak_gbps is None:
+        return {"peak_gbps": "unknown" if env["device_type"] == "cuda" else "", "pct_peak": ""}
+    return {"peak_gbps": f"{peak_gbps:.0f}", "pct_peak": f"{100 * gbps / peak_gbps:.3g}"}
+
+
+def summary_line(results: list[Measurement], peak_gbps: float | None, design: str | None) -> str:
+    """One line for bench/gpu_check.py: per op, the geometric-mean speed-up of pvd over the original code's
+    algorithm (over sizes and modes), and pvd's best GB/s (and % of peak)."""
+    parts = []
+    for op in OPS:
+        ratios = []
+        for r in results:
+            if (r.op, r.provider) != (op, "pvd"):
+                continue
+            base = next((b for b in results if (b.op, b.mode, b.size, b.provider) == (op, r.mode, r.size,
+                                                                                        ORIGINAL_BASELINE[op])), None)
+            if base is not None:
+                ratios.append(base.median_ms / r.median_ms)
+        if ratios:
+            mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+            parts.append(f"{provider_label(op, 'pvd', design)} {op} {mean:.3g}x vs {ORIGINAL_BASELINE[op]}")
+    pvd_rows = [r for r in results if r.provider == "pvd"]
+    if pvd_rows:
+        best = max(pvd_rows, key=lambda r: r.gbps)
+        peak = f" = {100 * best.gbps / peak_gbps:.0f}% of {peak_gbps:.0f}" if peak_gbps else ""
+        parts.append(f"best {best.gbps:.4g} GB/s{peak} ({best.op} {best.mode} {best.size})")
+    return "summary: " + ("; ".join(parts) if parts else "no pvd measurement")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.list_correlation_designs:
+        print("\n".join(correlation_designs()))
+        return 0
+    design = _select_design(args.correlation_design)
     on_gpu = torch.cuda.is_available()
+    interpreting = not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = DTYPES[args.dtype]
-    quick = args.quick or (not on_gpu and not args.full)
+    if args.dry_run:
+        _shrink_for_dry_run()
+    quick = not args.dry_run and (args.quick or (not on_gpu and not args.full))
     if not on_gpu:
         if args.cpu_threads < 1:
             raise ValueError(f"--cpu-threads must be >= 1, got {args.cpu_threads}")
         torch.set_num_threads(args.cpu_threads)
-    env = describe_environment() if on_gpu else describe_environment(path=PATH_CPU_REFERENCE)
-    print_banner(env)
     providers = list(args.providers)
-    if not on_gpu and "pvd" in providers:
+    pvd_in_interpreter = interpreting and "pvd" in providers
+    if on_gpu:
+        env = describe_environment()
+    else:
+        env = describe_environment(path=PATH_INTERPRETER if pvd_in_interpreter else PATH_CPU_REFERENCE)
+    print_banner(env)
+    if not on_gpu and "pvd" in providers and not interpreting:
         providers.remove("pvd")
         print("GPU rows were not measured: no CUDA device, so the pvd Triton ops are skipped "
               "(only the reference and baseline providers run, on the CPU).")
-    print(f"sizes: {'quick (H and W / ' + str(QUICK_DIVISOR) + ')' if quick else 'full'}, dtype {args.dtype}, "
+    if pvd_in_interpreter:
+        print("pvd provider: Triton interpreter on the CPU (TRITON_INTERPRET=1) - a functional check, its timings "
+              "are meaningless")
+    if design:
+        print(f"correlation design: {design} ({CORRELATION_DESIGN_ENV}={design})")
+    print(f"correlation designs offered: {', '.join(correlation_designs()) or '-'}")
+    sizes = "dry run (tiny)" if args.dry_run else ("quick (H and W / " + str(QUICK_DIVISOR) + ")" if quick else "full")
+    print(f"sizes: {sizes}, dtype {args.dtype}, "
           f"timing: {'triton.testing.do_bench median' if on_gpu else 'time.perf_counter median (CPU)'}")
 
+    limit = TimeLimit(args.time_limit)
     results: list[Measurement] = []
     start = time.perf_counter()
     for op in args.ops:
         for case in CASE_BUILDERS[op](quick):
+            if not limit.allows(CASE_RESERVE_S):
+                limit.skip(f"{case.op} {case.size}")
+                continue
             measured = measure_case(case, providers, args.modes, device, dtype)
             if on_gpu:
                 torch.cuda.empty_cache()  # the case's inputs are freed by now
             for r in measured:
-                print(f"  {r.op:13s} {r.size:28s} {r.mode:8s} {r.provider:14s} {r.median_ms:10.4g} ms", flush=True)
+                label = provider_label(r.op, r.provider, design)
+                print(f"  {r.op:13s} {r.size:28s} {r.mode:8s} {label:14s} {r.median_ms:10.4g} ms", flush=True)
             results.extend(measured)
+            if measured and not args.no_csv:  # written per case: an interrupted run keeps what it measured
+                columns = env_columns(env)
+                append_rows(args.csv, [
+                    {"op": r.op, "provider": provider_label(r.op, r.provider, design), "mode": r.mode, "size": r.size,
+                     "median_ms": f"{r.median_ms:.5g}", "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype,
+                     **peak_columns(r.gbps, env)}
+                    for r in measured])
     print()
     print(format_table(results, env["peak_gbps"], cpu=not on_gpu))
+    if on_gpu and env["peak_gbps"] is None:
+        print(f"peak bandwidth of {env['device']}: unknown (not in bench/_env.py's table), so no % of peak")
     print(f"\n{len(results)} measurements in {time.perf_counter() - start:.1f} s on {env['device']} ({env['path']})")
+    print(summary_line(results, env["peak_gbps"], design))
     mismatches = [r for r in results if not r.check_ok]
     for r in mismatches:
         print(f"MISMATCH: {r.provider} {r.op} {r.size}: max |error| {r.max_error:.3g} vs reference")
-
     if results and not args.no_csv:
-        columns = env_columns(env)
-        rows = [{"op": r.op, "provider": r.provider, "mode": r.mode, "size": r.size, "median_ms": f"{r.median_ms:.5g}",
-                 "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype} for r in results]
-        append_rows(args.csv, rows)
-        print(f"appended {len(rows)} row(s) to {args.csv}")
+        print(f"appended {len(results)} row(s) to {args.csv}")
     return 1 if mismatches else 0
 
 

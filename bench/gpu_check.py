@@ -11,7 +11,7 @@ rewritten after every stage, so a killed run keeps what it finished.
 
 1. env: GPU, memory, SMs, driver, CUDA, torch/triton versions, optional modules -> env.json
 2. tests: the kernel, compile, nets and pipeline tests on CUDA (PVD_TEST_DEVICE=cuda) -> tests/junit.xml, tests/summary.json
-3. kernels: bench/kernels.py, every op and mode at full size, per correlation design -> kernels.csv
+3. kernels: bench/kernels.py, every op and mode at full size (each correlation design) -> kernels.csv
 4. e2e: bench/e2e.py on the demo clip at 1280x720, PVDNet (demo weights) and PVDNet-large (random weights),
    fp32/bf16, eager then compiled: frames/s, peak memory, PSNR against eager fp32 -> e2e.csv
 5. train: bench/train.py, stage 2 (PVDNet, PVDNet-large) and stage 1 (BIMNet) steps/s -> train.csv
@@ -58,9 +58,6 @@ STAGE_NAMES = tuple(STAGE_SHARES)
 # A benchmark's --time-limit leaves this much of its stage limit for starting Python and importing torch.
 START_UP_S = 12.0
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
-CORRELATION_DESIGN_S = 25.0  # stage time kept for each extra correlation design
-EXTRA_DESIGNS_EXPECTED = 2  # correlation designs whose time the first kernel run leaves (legacy, tiled)
-DESIGNS_MARK = "correlation designs offered: "  # printed by bench/kernels.py
 TEST_FILES = ("tests/test_correlation.py", "tests/test_warp.py", "tests/test_pixel_volume.py",
               "tests/test_compile_model.py", "tests/test_nets.py", "tests/test_pipeline.py")
 # The dry run: a few tests, in two groups (the real run runs one group per file, side by side).
@@ -71,9 +68,10 @@ DRY_RUN_TEST_GROUPS = (("tests/test_correlation.py::test_triton_path_is_taken",
 # Frames per end-to-end configuration on the GPU (the demo clip is rendered on the CPU first).
 E2E_FRAMES, E2E_WARMUP = 16, 2
 TRAIN_STAGES = "pvdnet,bimnet,pvdnet_large"
+TRAIN_CONFIG = REPO / "train" / "configs" / "gopro.toml"
 # Python packages the project uses that the GPU machine lacks and that are not carried as wheels: the features
 # needing them must turn off with a message. The dry run hides them.
-BARE_MACHINE_MISSING = ("av", "skimage", "matplotlib", "pytest_benchmark")
+BARE_MACHINE_MISSING = ("av", "skimage", "matplotlib")
 OPTIONAL_MODULES = ("tqdm", "matplotlib", "skimage", "av", "cv2", "einops", "safetensors", "numpy", "pytest")
 SUMMARY_JSON, SUMMARY_MD, ENV_JSON = "summary.json", "SUMMARY.md", "env.json"
 RESULT_FILES = ("kernels.csv", "e2e.csv", "train.csv")
@@ -256,6 +254,8 @@ def stage_env(ctx: Context) -> tuple[bool, str]:
     else:
         head = f"no GPU: {env['device']}"
     head += f"; torch {env['torch']}, triton {env['triton'] or '-'}, python {env['python']}"
+    if not env.get("c_compiler"):
+        head += "; no C compiler (Triton builds its launchers with one)"
     missing = [name for name, where in env["modules"].items() if where is None]
     if missing:
         head += f"; missing: {', '.join(missing)}"
@@ -275,8 +275,9 @@ def stage_tests(ctx: Context) -> tuple[bool, str]:
         stem = f"{index}-{Path(selection[0].split('::')[0]).stem}"
         junits.append(folder / f"junit-{stem}.xml")
         logs.append(ctx.out / "logs" / f"tests-{stem}.log")
-        commands.append(([ctx.python, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--junitxml={junits[-1]}",
-                          *selection], extra, logs[-1]))
+        # -p no:benchmark: the bare machine has no pytest-benchmark, so no run may lean on it.
+        commands.append(([ctx.python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "no:benchmark",
+                          f"--junitxml={junits[-1]}", *selection], extra, logs[-1]))
     statuses = ctx.call_parallel(commands)
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "skip_reasons": [],
               "complete": True}
@@ -342,28 +343,16 @@ def summarise_tests(junit: Path, log: Path) -> dict:
 
 
 def stage_kernels(ctx: Context) -> tuple[bool, str]:
-    """Every op at full size; then, when pvd.kernels.correlation offers several designs (the first run prints
-    them), the pvd correlation rows of each further design, labelled pvd[design]."""
-    script = [ctx.python, str(BENCH / "kernels.py"), "--csv", str(ctx.out / "kernels.csv")]
-    script += ["--dry-run"] if ctx.dry_run else ["--full"]
-    interpreter = {"TRITON_INTERPRET": "1" if ctx.dry_run else "0"}
-    reserve = CORRELATION_DESIGN_S * EXTRA_DESIGNS_EXPECTED
-    status, _ = ctx.call(script + ["--time-limit", ctx.bench_limit(ctx.left() - reserve)], interpreter,
-                         until=time.monotonic() + max(ctx.left() - reserve, 1.0))
-    ok = status == 0
-    offered = _log_lines(ctx, DESIGNS_MARK)
-    designs = [d.strip() for d in offered[0][len(DESIGNS_MARK):].split(",") if d.strip() not in ("", "-")] \
-        if offered else []
-    for design in designs:
-        # The first run used the module's default design; each design now gets its own labelled rows.
-        status, _ = ctx.call(script + ["--ops", "correlation", "--providers", "pvd", "--correlation-design", design,
-                                       "--time-limit", ctx.bench_limit()],
-                             {**interpreter, "PVD_CORRELATION_KERNEL": design})
-        ok = ok and status == 0
-    lines = [line[len("summary: "):] for line in _log_lines(ctx, "summary: ")]
+    """Every op at full size (each correlation design of pvd.kernels.correlation, rows pvd[design], when it
+    offers several)."""
+    argv = [ctx.python, str(BENCH / "kernels.py"), "--csv", str(ctx.out / "kernels.csv")]
+    argv += ["--dry-run"] if ctx.dry_run else ["--full"]
+    status, _ = ctx.call(argv + ["--time-limit", ctx.bench_limit()], {"TRITON_INTERPRET": "1" if ctx.dry_run else "0"})
     rows = _csv_rows(ctx.out / "kernels.csv")
-    designs_note = f"correlation designs {', '.join(designs)}; " if designs else ""
-    return ok and bool(rows), f"{len(rows)} rows; {designs_note}" + " | ".join(lines) + _skips(ctx)
+    providers = sorted({row["provider"] for row in rows if row["provider"].startswith("pvd")})
+    lines = [line[len("summary: "):] for line in _log_lines(ctx, "summary: ")]
+    return status == 0 and bool(rows), (f"{len(rows)} rows, pvd providers {', '.join(providers) or 'none'}; "
+                                        + " | ".join(lines) + _skips(ctx))
 
 
 def stage_e2e(ctx: Context) -> tuple[bool, str]:
@@ -393,10 +382,23 @@ def stage_e2e(ctx: Context) -> tuple[bool, str]:
     return status == 0, " | ".join(parts) + _skips(ctx)
 
 
+def paper_training_settings() -> list[str]:
+    """bench/train.py arguments of the paper's stage-2 setting, read from train/configs/gopro.toml (batch, crop,
+    clip length); stage 1 (bimnet.toml) uses the same batch and crop. [] (bench/train.py's GPU defaults, the same
+    values) on Python < 3.11."""
+    try:
+        import tomllib
+    except ImportError:
+        return []
+    data = tomllib.loads(TRAIN_CONFIG.read_text())["data"]
+    return ["--batch", str(data["batch_size"]), "--size", str(data["crop"]), "--clip-frames", str(data["clip_frames"])]
+
+
 def stage_train(ctx: Context) -> tuple[bool, str]:
     argv = [ctx.python, str(BENCH / "train.py"), "--csv", str(ctx.out / "train.csv"),
             "--stages", "pvdnet,bimnet" if ctx.dry_run else TRAIN_STAGES, "--precisions", "fp32,bf16"]
-    status, _ = ctx.call(argv + (["--dry-run"] if ctx.dry_run else []) + ["--time-limit", ctx.bench_limit()])
+    argv += ["--dry-run"] if ctx.dry_run else paper_training_settings()
+    status, _ = ctx.call(argv + ["--time-limit", ctx.bench_limit()])
     rows = _csv_rows(ctx.out / "train.csv")
     parts = [f"stage {'1' if row['stage'] == 'bimnet' else '2'} {row['model']} {row['precision']} "
              f"{row['steps_per_s']} steps/s" + (f" (peak {row['peak_mem_gib']} GiB)" if row.get("peak_mem_gib") else "")
@@ -468,6 +470,8 @@ def child_environment(deps: Path, dry_run: bool) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("TRITON_INTERPRET", None)
+    if "TRITON_CACHE_DIR" not in env and not os.access(Path.home(), os.W_OK):
+        env["TRITON_CACHE_DIR"] = str(deps / "triton-cache")  # Triton's default cache lives in the home folder
     env.pop("PVD_TEST_DEVICE", None)
     if dry_run:
         (deps / "sitecustomize.py").write_text(_HIDE_MODULES)
@@ -578,6 +582,7 @@ def write_env(path: Path, dry_run: bool) -> int:
             spec = None
         env["modules"][name] = (spec.origin or "namespace") if spec else None
     env["cpu_count"] = os.cpu_count()
+    env["c_compiler"] = next((shutil.which(name) for name in ("cc", "gcc", "clang") if shutil.which(name)), None)
     env["gpu"] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -2,7 +2,7 @@
 
     python bench/kernels.py [--ops correlation warp pixel_volume] [--modes fwd fwd+bwd] [--quick | --full]
                             [--dtype float32] [--providers ...] [--csv bench/results/kernels.csv] [--no-csv]
-                            [--time-limit SECONDS] [--correlation-design NAME] [--dry-run]
+                            [--time-limit SECONDS] [--dry-run]
 
 Sizes (batch 1): correlation and warp at every LiteFlowNet pyramid level of a 1280x720 pair -- level 2: 64 ch
 at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 4-6: 96/128/192 ch at 160x90,
@@ -21,17 +21,13 @@ moved (each input element read once, each output written once; see `*_bytes` bel
 sheet bandwidth of the GPU (bench/_env.py; columns peak_gbps, "unknown" for a GPU not in the table, and
 pct_peak). Rows are appended to bench/results/kernels.csv after each case, so an interrupted run keeps them.
 
-`--time-limit`: cases start only while time is left (bench/_budget.py). `--correlation-design NAME`: run with
-PVD_CORRELATION_KERNEL=NAME and label the pvd correlation rows `pvd[NAME]` (`--list-correlation-designs`
-prints the designs pvd.kernels.correlation offers in KERNEL_DESIGNS, none when it has one).
-`--dry-run` (bench/gpu_check.py): tiny sizes and channel counts, one timed run per measurement; on CPU under
+`--time-limit`: cases start only while time is left (bench/_budget.py). `--dry-run` (bench/gpu_check.py): tiny sizes and channel counts, one timed run per measurement; on CPU under
 TRITON_INTERPRET=1 the pvd provider then runs in the interpreter (functional check, timings meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import statistics
@@ -96,7 +92,6 @@ DRY_RUN_MAX_DISPLACEMENT = 1
 DRY_RUN_PIXEL_VOLUME_KERNEL = 3
 # A case starts only when at least this many seconds of --time-limit are left.
 CASE_RESERVE_S = 2.0
-CORRELATION_DESIGN_ENV = "PVD_CORRELATION_KERNEL"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,15 +393,11 @@ def _parse_args(argv):
     parser.add_argument("--cpu-threads", type=int, default=CPU_THREADS,
                         help=f"torch threads on CPU (default {CPU_THREADS}: stable timings on a shared machine)")
     add_time_limit_argument(parser)
-    parser.add_argument("--correlation-design", default=None, metavar="NAME",
-                        help=f"run the correlation design NAME ({CORRELATION_DESIGN_ENV}=NAME), rows labelled pvd[NAME]")
-    parser.add_argument("--list-correlation-designs", action="store_true",
-                        help="print the correlation designs pvd offers, one a line, and exit")
     return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hooks of bench/gpu_check.py: dry-run sizes, correlation designs, provider labels, peak bandwidth columns.
+# Hooks of bench/gpu_check.py: dry-run sizes, peak bandwidth columns, the summary line.
 
 def _shrink_for_dry_run() -> None:
     """Swap the module's sizes for tiny ones and time each measurement once (--dry-run)."""
@@ -420,28 +411,6 @@ def _shrink_for_dry_run() -> None:
     GPU_WARMUP_MS, GPU_REP_MS = 1, 1
 
 
-def correlation_designs() -> tuple[str, ...]:
-    """The correlation kernel designs pvd.kernels.correlation offers (its KERNEL_DESIGNS), () for a single one."""
-    module = importlib.import_module("pvd.kernels.correlation")
-    return tuple(str(name) for name in getattr(module, "KERNEL_DESIGNS", ()))
-
-
-def _select_design(design: str | None) -> str | None:
-    """Validate --correlation-design and put it in the environment pvd reads; returns the label (or None)."""
-    if design is None:
-        return None
-    offered = correlation_designs()
-    if offered and design not in offered:
-        raise SystemExit(f"unknown correlation design {design!r}; pvd offers {', '.join(offered)}")
-    os.environ[CORRELATION_DESIGN_ENV] = design
-    return design
-
-
-def provider_label(op: str, provider: str, design: str | None) -> str:
-    """The provider column: pvd correlation rows carry the design, e.g. 'pvd[tiled]'."""
-    return f"{provider}[{design}]" if design and provider == "pvd" and op == "correlation" else provider
-
-
 def peak_columns(gbps: float, env: dict) -> dict:
     """peak_gbps (data sheet; 'unknown' for a GPU not in bench/_env.py's table, '' on CPU) and pct_peak."""
     peak_gbps = env["peak_gbps"]
@@ -450,36 +419,33 @@ def peak_columns(gbps: float, env: dict) -> dict:
     return {"peak_gbps": f"{peak_gbps:.0f}", "pct_peak": f"{100 * gbps / peak_gbps:.3g}"}
 
 
-def summary_line(results: list[Measurement], peak_gbps: float | None, design: str | None) -> str:
-    """One line for bench/gpu_check.py: per op, the geometric-mean speed-up of pvd over the original code's
-    algorithm (over sizes and modes), and pvd's best GB/s (and % of peak)."""
+def summary_line(results: list[Measurement], peak_gbps: float | None) -> str:
+    """One line for bench/gpu_check.py: per op and pvd provider (e.g. each correlation design, 'pvd[tiled]'), the
+    geometric-mean speed-up over the original code's algorithm across sizes and modes; pvd's best GB/s."""
     parts = []
     for op in OPS:
-        ratios = []
-        for r in results:
-            if (r.op, r.provider) != (op, "pvd"):
-                continue
-            base = next((b for b in results if (b.op, b.mode, b.size, b.provider) == (op, r.mode, r.size,
-                                                                                        ORIGINAL_BASELINE[op])), None)
-            if base is not None:
-                ratios.append(base.median_ms / r.median_ms)
-        if ratios:
-            mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-            parts.append(f"{provider_label(op, 'pvd', design)} {op} {mean:.3g}x vs {ORIGINAL_BASELINE[op]}")
-    pvd_rows = [r for r in results if r.provider == "pvd"]
+        for provider in dict.fromkeys(r.provider for r in results if r.op == op and r.provider.split("[")[0] == "pvd"):
+            ratios = []
+            for r in results:
+                if (r.op, r.provider) != (op, provider):
+                    continue
+                base = next((b for b in results if (b.op, b.mode, b.size, b.provider) ==
+                             (op, r.mode, r.size, ORIGINAL_BASELINE[op])), None)
+                if base is not None:
+                    ratios.append(base.median_ms / r.median_ms)
+            if ratios:
+                mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+                parts.append(f"{op} {provider} {mean:.3g}x vs {ORIGINAL_BASELINE[op]}")
+    pvd_rows = [r for r in results if r.provider.split("[")[0] == "pvd"]
     if pvd_rows:
         best = max(pvd_rows, key=lambda r: r.gbps)
         peak = f" = {100 * best.gbps / peak_gbps:.0f}% of {peak_gbps:.0f}" if peak_gbps else ""
-        parts.append(f"best {best.gbps:.4g} GB/s{peak} ({best.op} {best.mode} {best.size})")
+        parts.append(f"best {best.gbps:.4g} GB/s{peak} ({best.op} {best.provider} {best.mode} {best.size})")
     return "summary: " + ("; ".join(parts) if parts else "no pvd measurement")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.list_correlation_designs:
-        print("\n".join(correlation_designs()))
-        return 0
-    design = _select_design(args.correlation_design)
     on_gpu = torch.cuda.is_available()
     interpreting = not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -505,9 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     if pvd_in_interpreter:
         print("pvd provider: Triton interpreter on the CPU (TRITON_INTERPRET=1) - a functional check, its timings "
               "are meaningless")
-    if design:
-        print(f"correlation design: {design} ({CORRELATION_DESIGN_ENV}={design})")
-    print(f"correlation designs offered: {', '.join(correlation_designs()) or '-'}")
     sizes = "dry run (tiny)" if args.dry_run else ("quick (H and W / " + str(QUICK_DIVISOR) + ")" if quick else "full")
     print(f"sizes: {sizes}, dtype {args.dtype}, "
           f"timing: {'triton.testing.do_bench median' if on_gpu else 'time.perf_counter median (CPU)'}")
@@ -524,13 +487,12 @@ def main(argv: list[str] | None = None) -> int:
             if on_gpu:
                 torch.cuda.empty_cache()  # the case's inputs are freed by now
             for r in measured:
-                label = provider_label(r.op, r.provider, design)
-                print(f"  {r.op:13s} {r.size:28s} {r.mode:8s} {label:14s} {r.median_ms:10.4g} ms", flush=True)
+                print(f"  {r.op:13s} {r.size:28s} {r.mode:8s} {r.provider:14s} {r.median_ms:10.4g} ms", flush=True)
             results.extend(measured)
             if measured and not args.no_csv:  # written per case: an interrupted run keeps what it measured
                 columns = env_columns(env)
                 append_rows(args.csv, [
-                    {"op": r.op, "provider": provider_label(r.op, r.provider, design), "mode": r.mode, "size": r.size,
+                    {"op": r.op, "provider": r.provider, "mode": r.mode, "size": r.size,
                      "median_ms": f"{r.median_ms:.5g}", "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype,
                      **peak_columns(r.gbps, env)}
                     for r in measured])
@@ -539,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu and env["peak_gbps"] is None:
         print(f"peak bandwidth of {env['device']}: unknown (not in bench/_env.py's table), so no % of peak")
     print(f"\n{len(results)} measurements in {time.perf_counter() - start:.1f} s on {env['device']} ({env['path']})")
-    print(summary_line(results, env["peak_gbps"], design))
+    print(summary_line(results, env["peak_gbps"]))
     mismatches = [r for r in results if not r.check_ok]
     for r in mismatches:
         print(f"MISMATCH: {r.provider} {r.op} {r.size}: max |error| {r.max_error:.3g} vs reference")

@@ -131,7 +131,7 @@ def _shift_zero_padded(plane: torch.Tensor, dy: int, dx: int, pad: int) -> torch
 
 
 def original_loop_pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
-                               kernel_size: int = PIXEL_VOLUME_KERNEL) -> torch.Tensor:
+                               kernel_size: int | None = None) -> torch.Tensor:
     """The original PVDNet pixel-volume algorithm: one pass per offset (k*k passes), in plain PyTorch ops.
 
     image, fill: (B, 3, H, W); flow: (B, 2, H, W) pixels. Returns (B, k*k, H, W), channel (i+h)*k + (j+h).
@@ -139,6 +139,7 @@ def original_loop_pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: to
     nearest-neighbour grid_sample on normalised coordinates; targets outside [1, W-2] x [1, H-2] take the fill;
     value and mask are then shifted by (j, i) with zero padding (0 where the neighbour is off the image).
     """
+    kernel_size = PIXEL_VOLUME_KERNEL if kernel_size is None else kernel_size  # read at call time (--dry-run)
     _, _, height, width = flow.shape
     half = kernel_size // 2
     red, green, blue = reference.GRAY_WEIGHTS
@@ -258,7 +259,7 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
         "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL}", make,
         {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
-         "original_loop": lambda image, flow, fill: original_loop_pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL)},
+         "original_loop": original_loop_pixel_volume},
         ("image", "fill"), forward, backward)]
 
 

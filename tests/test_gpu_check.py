@@ -142,6 +142,24 @@ def test_stage_limits_share_the_budget_left(gpu_check):
     assert gpu_check.stage_limit("report", 10.0, ["report"]) == pytest.approx(10.0)  # the last stage gets all left
 
 
+@pytest.mark.parametrize("pip_works", [True, False])
+def test_carried_wheels_install_offline(gpu_check, tmp_path, pip_works):
+    """tqdm from scripts/wheels into a fresh folder, with pip --no-index or, where pip fails, by unpacking."""
+    python = sys.executable
+    if not pip_works:  # a Python whose pip is broken: the wheel is unpacked instead
+        python = tmp_path / "python"
+        python.write_text(f'#!/bin/sh\n[ "$1" = "-m" ] && [ "$2" = "pip" ] && exit 1\nexec "{sys.executable}" "$@"\n')
+        python.chmod(0o755)
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    installed = gpu_check.prepare_dependencies(str(python), deps, force=True, log=tmp_path / "setup.log")
+    assert installed == ["tqdm"]
+    found = subprocess.run([sys.executable, "-c", "import tqdm; print(tqdm.__file__)"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(deps)}, check=True).stdout
+    assert Path(found.strip()).is_relative_to(deps)
+    assert ("unpacked" in (tmp_path / "setup.log").read_text()) != pip_works
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

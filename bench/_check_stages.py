@@ -197,7 +197,8 @@ def stage_e2e(ctx: Context) -> tuple[bool, str]:
                 if row.get("psnr_vs_fp32_db")]
         peak = max((_number(row.get("peak_mem_mib")) or 0 for row in mine), default=0)
         parts.append(f"{pipeline} ({mine[0].get('weights', '?')} weights) frames/s {speeds}"
-                     + (f"; PSNR vs fp32 {', '.join(psnr)}" if psnr else "") + (f"; peak {peak:.0f} MiB" if peak else ""))
+                     + (f"; PSNR vs fp32 {', '.join(psnr)}" if psnr else "")
+                     + (f"; peak {peak:.0f} MiB" if peak else ""))
     return status == 0, " | ".join(parts) + _skips(ctx)
 
 

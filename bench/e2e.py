@@ -1,8 +1,8 @@
 """End-to-end benchmark of the deblurring pipeline (BIMNet + pixel volume + PVDNet) at 1280x720.
 
     python bench/e2e.py [--frames 30] [--warmup 3] [--size 1280x720] [--models pvdnet,pvdnet_large]
-                        [--precisions fp32,bf16] [--compile off,on] [--weights [MODEL=]PATH,...] [--csv bench/results/e2e.csv]
-                        [--clip synthetic|demo] [--time-limit SECONDS] [--dry-run]
+                        [--precisions fp32,bf16] [--compile off,on] [--weights [MODEL=]PATH,...]
+                        [--csv bench/results/e2e.csv] [--clip synthetic|demo] [--time-limit SECONDS] [--dry-run]
 
 GPU: per-frame latency (median and p90 ms of one recurrent step, synchronised), frames/s over the timed run,
 peak GPU memory, and for every non-fp32 or compiled configuration the PSNR of its outputs against the eager
@@ -73,7 +73,8 @@ def synthetic_clip(count: int, height: int, width: int, device: torch.device, se
             for t in range(count)]
 
 
-def demo_clip(count: int, height: int, width: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def demo_clip(count: int, height: int, width: int,
+              device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The blurry and sharp frames (1, 3, H, W) in [-1, 1] of `pvd demo`'s clip rendered at H x W."""
     from pvd import demo, pipeline
 

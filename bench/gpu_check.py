@@ -10,7 +10,8 @@ not stop the later ones; each writes its files as it goes, and OUT_DIR/summary.j
 rewritten after every stage, so a killed run keeps what it finished.
 
 1. env: GPU, memory, SMs, driver, CUDA, torch/triton versions, optional modules -> env.json
-2. tests: the kernel, compile, nets and pipeline tests on CUDA (PVD_TEST_DEVICE=cuda) -> tests/junit.xml, tests/summary.json
+2. tests: the kernel, compile, nets and pipeline tests on CUDA (PVD_TEST_DEVICE=cuda) -> tests/junit.xml,
+   tests/summary.json
 3. kernels: bench/kernels.py, every op and mode at full size (each correlation design) -> kernels.csv
 4. e2e: bench/e2e.py on the demo clip at 1280x720, PVDNet (demo weights) and PVDNet-large (random weights),
    fp32/bf16, eager then compiled: frames/s, peak memory, PSNR against eager fp32 -> e2e.csv
@@ -57,6 +58,7 @@ DEFAULT_BUDGET_S = 420.0
 # Share of the budget left when a stage starts: stage limit = left * share / (sum of the shares still to run).
 STAGE_SHARES = {"env": 0.04, "tests": 0.27, "kernels": 0.17, "e2e": 0.30, "train": 0.17, "report": 0.05}
 STAGE_NAMES = tuple(STAGE_SHARES)
+MIN_STAGE_S = 15.0  # starting Python and importing torch alone take seconds
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "SUMMARY.md"
 RESULT_FILES = ("kernels.csv", "e2e.csv", "train.csv")
 
@@ -73,8 +75,9 @@ class StageResult:
 
 
 def stage_limit(name: str, left: float, remaining: list[str]) -> float:
-    """The stage's share of the `left` seconds, among the stages still to run."""
-    return max(left, 0.0) * STAGE_SHARES[name] / sum(STAGE_SHARES[n] for n in remaining)
+    """The stage's share of the `left` seconds among the stages still to run, at least MIN_STAGE_S (when left)."""
+    left = max(left, 0.0)
+    return min(max(left * STAGE_SHARES[name] / sum(STAGE_SHARES[n] for n in remaining), MIN_STAGE_S), left)
 
 
 def write_summary(out: Path, results: list[StageResult], meta: dict) -> None:
@@ -90,6 +93,7 @@ def write_summary(out: Path, results: list[StageResult], meta: dict) -> None:
 
 
 def run_check(out: Path, budget: float, dry_run: bool, stages: list[str], python: str, verbose: bool = False) -> int:
+    """Run `stages` in order within `budget` seconds, results in `out`; the exit status (1 if a stage failed)."""
     start = time.monotonic()
     end = start + budget
     out.mkdir(parents=True, exist_ok=True)
@@ -103,30 +107,20 @@ def run_check(out: Path, budget: float, dry_run: bool, stages: list[str], python
         print(f"gpu_check: {'DRY RUN on CPU, ' if dry_run else ''}budget {budget:.0f} s, stages {', '.join(stages)}, "
               f"results in {out}" + (f"; installed offline: {', '.join(installed)}" if installed else ""), flush=True)
         results = [StageResult(name) for name in stages]
+        no_gpu = False
         for index, result in enumerate(results):
-            limit = stage_limit(result.name, end - time.monotonic(), stages[index:])
-            result.limit_s = limit
-            ctx.log = out / "logs" / f"{result.name}.log"
-            ctx.log.write_text("")
-            ctx.deadline = time.monotonic() + limit
-            print(f"gpu_check: {result.name} ... (limit {limit:.0f} s)", flush=True)
-            began, children = time.monotonic(), children_cpu_s()
-            try:
-                ok, result.headline = STAGES[result.name](ctx)
-            except Exception as error:  # noqa: BLE001 - a broken stage must not stop the others
-                ok, result.headline = False, f"gpu_check error: {type(error).__name__}: {error}"
-            result.seconds = time.monotonic() - began
-            result.cpu_s = children_cpu_s() - children
-            if KILLED_MARK in ctx.log.read_text(errors="replace"):
-                ok = False
-                result.problems.append(f"killed at its time limit ({limit:.0f} s)")
-            result.status = "pass" if ok else "fail"
+            if no_gpu:  # full-size GPU benchmarks on a CPU would only burn the budget
+                result.status, result.headline = "fail", "not run: no GPU (env); --dry-run checks the CPU side"
+            else:
+                _run_stage(ctx, result, stage_limit(result.name, end - time.monotonic(), stages[index:]))
             if result.name == "env" and (out / ENV_JSON).is_file():
-                meta["device"] = json.loads((out / ENV_JSON).read_text())["device"]
+                machine = json.loads((out / ENV_JSON).read_text())
+                meta["device"] = machine["device"]
+                no_gpu = not dry_run and machine.get("gpu") is None
             write_summary(out, results, meta)
             print(f"gpu_check: {result.name:8s} {result.status.upper():4s} {result.seconds:6.1f} s  {result.headline}"
                   + ("; " + "; ".join(result.problems) if result.problems else ""), flush=True)
-            if not ok:
+            if result.status != "pass" and result.limit_s:
                 tail = ctx.log.read_text(errors="replace").splitlines()[-15:]
                 print("\n".join("    | " + line for line in tail), flush=True)
         failed = [r.name for r in results if r.status != "pass"]
@@ -138,6 +132,26 @@ def run_check(out: Path, budget: float, dry_run: bool, stages: list[str], python
         return 0
     finally:
         shutil.rmtree(deps, ignore_errors=True)
+
+
+def _run_stage(ctx: Context, result: StageResult, limit: float) -> None:
+    """Run one stage under `limit` seconds; fill `result` (a stage that raises or was killed has failed)."""
+    result.limit_s = limit
+    ctx.log = ctx.out / "logs" / f"{result.name}.log"
+    ctx.log.write_text("")
+    ctx.deadline = time.monotonic() + limit
+    print(f"gpu_check: {result.name} ... (limit {limit:.0f} s)", flush=True)
+    began, children = time.monotonic(), children_cpu_s()
+    try:
+        ok, result.headline = STAGES[result.name](ctx)
+    except Exception as error:  # noqa: BLE001 - a broken stage must not stop the others
+        ok, result.headline = False, f"gpu_check error: {type(error).__name__}: {error}"
+    result.seconds = time.monotonic() - began
+    result.cpu_s = children_cpu_s() - children
+    if KILLED_MARK in ctx.log.read_text(errors="replace"):
+        ok = False
+        result.problems.append(f"killed at its time limit ({limit:.0f} s)")
+    result.status = "pass" if ok else "fail"
 
 
 def merge(out: Path, into: Path) -> int:
@@ -175,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the check")
     run.add_argument("out", type=Path, help="results folder (created)")
-    run.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for all stages (default %(default)s)")
+    run.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                     help="seconds for all stages (default %(default)s)")
     run.add_argument("--dry-run", action="store_true", help="the CPU check of the machinery: tiny sizes, interpreter")
     run.add_argument("--stages", default=",".join(STAGE_NAMES), help="comma-separated subset, in this order")
     run.add_argument("--python", default=sys.executable, help="the Python the stages run with")

@@ -21,8 +21,9 @@ moved (each input element read once, each output written once; see `*_bytes` bel
 sheet bandwidth of the GPU (bench/_env.py; columns peak_gbps, "unknown" for a GPU not in the table, and
 pct_peak). Rows are appended to bench/results/kernels.csv after each case, so an interrupted run keeps them.
 
-`--time-limit`: cases start only while time is left (bench/_budget.py). `--dry-run` (bench/gpu_check.py): tiny sizes and channel counts, one timed run per measurement; on CPU under
-TRITON_INTERPRET=1 the pvd provider then runs in the interpreter (functional check, timings meaningless).
+`--time-limit`: cases start only while time is left (bench/_budget.py). `--dry-run` (bench/gpu_check.py): tiny
+sizes and channel counts, one timed run per measurement; on CPU under TRITON_INTERPRET=1 the pvd provider then
+runs in the interpreter (a functional check, timings meaningless).
 """
 
 from __future__ import annotations
@@ -425,7 +426,8 @@ def summary_line(results: list[Measurement], peak_gbps: float | None) -> str:
     geometric-mean speed-up over the original code's algorithm across sizes and modes; pvd's best GB/s."""
     parts = []
     for op in OPS:
-        for provider in dict.fromkeys(r.provider for r in results if r.op == op and r.provider.split("[")[0] == "pvd"):
+        pvd_providers = [r.provider for r in results if r.op == op and r.provider.split("[")[0] == "pvd"]
+        for provider in dict.fromkeys(pvd_providers):
             ratios = []
             for r in results:
                 if (r.op, r.provider) != (op, provider):
@@ -472,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if pvd_in_interpreter:
         print("pvd provider: Triton interpreter on the CPU (TRITON_INTERPRET=1) - a functional check, its timings "
               "are meaningless")
-    sizes = "dry run (tiny)" if args.dry_run else ("quick (H and W / " + str(QUICK_DIVISOR) + ")" if quick else "full")
+    sizes = "dry run (tiny)" if args.dry_run else (f"quick (H and W / {QUICK_DIVISOR})" if quick else "full")
     print(f"sizes: {sizes}, dtype {args.dtype}, "
           f"timing: {'triton.testing.do_bench median' if on_gpu else 'time.perf_counter median (CPU)'}")
 

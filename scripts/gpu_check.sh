@@ -33,14 +33,15 @@ while [ $# -gt 0 ]; do
                            ARGS+=("$1" "$2"); shift 2 ;;
         --budget=*|--stages=*|--verbose) ARGS+=("$1"); shift ;;
         --dry-run) DRY_RUN=1; ARGS+=("$1"); shift ;;
-        -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) [ -z "$OUT_DIR" ] || { echo "gpu_check: one OUT_DIR only (got $OUT_DIR and $1)" >&2; exit 2; }
            OUT_DIR="$1"; shift ;;
     esac
 done
 if [ -z "$OUT_DIR" ]; then
-    if [ "$DRY_RUN" = 1 ]; then OUT_DIR="$(mktemp -d -t pvd-gpu-check-dry-run-XXXXXX)"; else OUT_DIR="$REPO/gpu_check_out"; fi
+    OUT_DIR="$REPO/gpu_check_out"
+    [ "$DRY_RUN" = 0 ] || OUT_DIR="$(mktemp -d -t pvd-gpu-check-dry-run-XXXXXX)"
 fi
 if ! PY="$(pick_python)"; then
     echo "gpu_check: no Python that imports torch (tried \$PYTHON, .venv/bin/python, python3, python)" >&2

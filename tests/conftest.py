@@ -41,7 +41,8 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return f"pvd test device: {_DEVICE} ({DEVICE_ENV}={_REQUESTED}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')})"
+    interpret = os.environ.get("TRITON_INTERPRET", "")
+    return f"pvd test device: {_DEVICE} ({DEVICE_ENV}={_REQUESTED}, TRITON_INTERPRET={interpret})"
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,7 @@ def test_failed_and_overrunning_stages_do_not_stop_later_ones(gpu_check, tmp_pat
 
     monkeypatch.setattr(gpu_check, "STAGES", {"env": broken, "tests": overrunning, "kernels": failing,
                                               "e2e": passing, "train": passing, "report": passing})
+    monkeypatch.setattr(gpu_check, "MIN_STAGE_S", 1.0)  # seconds-long stages: a fast test
     started = time.monotonic()
     status = gpu_check.run_check(tmp_path / "out", budget=8.0, dry_run=False, stages=STAGES, python=sys.executable)
     assert time.monotonic() - started < 30  # the sleeper was killed at its stage's limit
@@ -135,11 +136,31 @@ def test_failed_and_overrunning_stages_do_not_stop_later_ones(gpu_check, tmp_pat
     assert "bad" in (tmp_path / "out" / "logs" / "kernels.log").read_text()
 
 
+def test_a_real_run_without_gpu_stops_after_env(gpu_check, tmp_path, monkeypatch):
+    ran = []
+
+    def cpu_machine(ctx):
+        (ctx.out / "env.json").write_text(json.dumps({"device": "CPU test", "gpu": None}))
+        return False, "no GPU"
+
+    def other(ctx):
+        ran.append(ctx.log.stem)
+        return True, "ran"
+
+    monkeypatch.setattr(gpu_check, "STAGES", {"env": cpu_machine, **{name: other for name in STAGES[1:]}})
+    assert gpu_check.run_check(tmp_path, budget=60.0, dry_run=False, stages=STAGES, python=sys.executable) == 1
+    assert ran == []
+    stages = json.loads((tmp_path / "summary.json").read_text())["stages"]
+    assert all(s["status"] == "fail" and s["headline"].startswith("not run: no GPU") for s in stages[1:])
+
+
 def test_stage_limits_share_the_budget_left(gpu_check):
     names = list(gpu_check.STAGE_SHARES)
-    limits = [gpu_check.stage_limit(name, 100.0, names) for name in names]
-    assert sum(limits) == pytest.approx(100.0)
-    assert gpu_check.stage_limit("report", 10.0, ["report"]) == pytest.approx(10.0)  # the last stage gets all left
+    limits = [gpu_check.stage_limit(name, 1000.0, names) for name in names]
+    assert sum(limits) == pytest.approx(1000.0)
+    assert gpu_check.stage_limit("report", 50.0, ["report"]) == pytest.approx(50.0)  # the last stage gets all left
+    assert gpu_check.stage_limit("env", 100.0, names) == gpu_check.MIN_STAGE_S  # 4 s would not even import torch
+    assert gpu_check.stage_limit("env", 5.0, names) == pytest.approx(5.0)  # never more than is left
 
 
 @pytest.mark.parametrize("pip_works", [True, False])

@@ -194,6 +194,8 @@ def _top_level(wheel: Path) -> str | None:
 
 
 def child_environment(deps: Path, dry_run: bool) -> dict:
+    """The stages' environment: the repository and `deps` first on PYTHONPATH, no inherited TRITON_INTERPRET or
+    PVD_TEST_DEVICE (each stage sets its own); for the dry run, no GPU and the bare machine's modules hidden."""
     env = dict(os.environ)
     paths = [str(REPO), str(deps)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -36,6 +36,7 @@ TRAIN_CONFIG = REPO / "train" / "configs" / "gopro.toml"
 OPTIONAL_MODULES = ("tqdm", "matplotlib", "skimage", "av", "cv2", "einops", "safetensors", "numpy", "pytest")
 ENV_JSON = "env.json"
 
+
 def _log_lines(ctx: Context, prefix: str) -> list[str]:
     return [line.strip() for line in ctx.log.read_text(errors="replace").splitlines() if line.startswith(prefix)]
 

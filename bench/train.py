@@ -20,7 +20,7 @@ CPU: a tiny labelled run (batch 2, 64x64, 4-frame clips, fp32, eager) that check
 Rows are appended to the CSV as each configuration ends. `--time-limit` (bench/_budget.py): a configuration
 starts only while time is left, and times fewer clips (at least one, column clips_timed) when its share of
 the time left, measured by its warm-up clip, does not fit --clips. `--dry-run` (bench/gpu_check.py): batch 1,
-32x32, 3-frame clips, one clip, no warm-up, stage 1 on blurry pairs only, every stage including PVDNet-large,
+32x32, 3-frame clips, one clip, no warm-up, stage 1 on blurry pairs only, PVDNet-large too when asked for,
 fp32 eager.
 """
 

@@ -57,6 +57,10 @@ OUTPUT_NAMES = (SCORES_NAME, SUMMARY_JSON_NAME, SUMMARY_MD_NAME)
 # The MATLAB evaluation scores frames 2..N of each video: frames before this index are left out of its mean.
 FIRST_ALIGNED_INDEX = 1
 GROUND_TRUTH_LAYOUTS = ("dvd", "gopro")
+# `protocol="paper"`: the conditions of the original Python evaluation that produced the figures quoted for the
+# official checkpoints (DVD 31.89 dB, GoPro 31.09 dB): fp32, frames cropped to a multiple of 4, the flow from
+# the multiple-of-32 crop (zero beyond it), plain PSNR/SSIM (uniform 7x7 window) over all frames.
+PROTOCOLS = {"default": {}, "paper": {"precision": "fp32", "size_policy": "original", "plain_ssim_window": "uniform"}}
 
 
 def _check_limit(name: str, value) -> int | None:
@@ -198,17 +202,25 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              device: str | torch.device = "auto", precision: str = "auto", size_policy: str = "pad",
              layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
              limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
-             zero_flow: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+             zero_flow: bool = False, overwrite: bool = False, progress: bool = True,
+             protocol: str = "default") -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
     model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
     evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.ZeroFlowModel`; the
-    pixel-volume ablation). Returns the summary (as in summary.json). Raises ValueError for a data set
+    pixel-volume ablation). protocol "paper" overrides precision, size_policy and plain_ssim_window with the
+    original Python evaluation's conditions (`PROTOCOLS`). Returns the summary (as in summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+    settings = {"precision": precision, "size_policy": size_policy, "plain_ssim_window": plain_ssim_window,
+                **PROTOCOLS[protocol]}
+    precision, size_policy, plain_ssim_window = (settings[key] for key in ("precision", "size_policy",
+                                                                           "plain_ssim_window"))
     data_root, output_dir = Path(data_root), Path(output_dir)
     limit_videos = _check_limit("limit_videos", limit_videos)
     limit_frames = _check_limit("limit_frames", limit_frames)
@@ -253,7 +265,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
             "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
             "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
             "settings": {
-                "data_root": str(data_root), "layout": layout, "weights": weights_used,
+                "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
                 "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
                 "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
                 "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,

@@ -242,3 +242,30 @@ def test_zero_flow_ablation_feeds_zero_flow_pixel_volumes(tmp_path):
                 torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, HEIGHT, WIDTH)
             expected = reference.pixel_volume(previous_output.double(), flow.double(), curr.double())
             torch.testing.assert_close(pixel_volume.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_paper_protocol_sets_the_original_evaluation_conditions(tmp_path, capsys):
+    """--protocol paper = fp32, the 'original' size policy (multiple-of-4 frames, multiple-of-32 flow) and the
+    uniform plain SSIM, whatever those options say; the scores equal a run with those settings spelled out."""
+    write_gopro(tmp_path / "data", videos=1, frames=3, height=HEIGHT + 2, width=WIDTH + 3)
+    common = {"model": IdentityModel(), "device": "cpu", "progress": False}
+    paper = evaluate.evaluate(tmp_path / "data", tmp_path / "paper", protocol="paper", size_policy="pad",
+                              plain_ssim_window="gaussian", **common)
+    spelled = evaluate.evaluate(tmp_path / "data", tmp_path / "spelled", precision="fp32", size_policy="original",
+                                plain_ssim_window="uniform", **common)
+    default = evaluate.evaluate(tmp_path / "data", tmp_path / "default", **common)
+    assert paper["settings"]["protocol"] == "paper" and default["settings"]["protocol"] == "default"
+    for key in ("precision", "size_policy", "plain_ssim_window"):
+        assert paper["settings"][key] == spelled["settings"][key]
+    assert read_scores(tmp_path / "paper" / "scores.csv") != [] and \
+        [r["psnr"] for r in read_scores(tmp_path / "paper" / "scores.csv")] == \
+        [r["psnr"] for r in read_scores(tmp_path / "spelled" / "scores.csv")]
+    # The default keeps every pixel (pad policy): other scores on this odd-sized clip.
+    assert [r["psnr"] for r in read_scores(tmp_path / "default" / "scores.csv")] != \
+        [r["psnr"] for r in read_scores(tmp_path / "paper" / "scores.csv")]
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate.evaluate(tmp_path / "data", tmp_path / "x", protocol="matlab", **common)
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "cli"), "--allow-untrained", "--device", "cpu",
+                 "--protocol", "paper", "--limit-frames", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["settings"]["size_policy"] == "original"

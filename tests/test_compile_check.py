@@ -68,6 +68,13 @@ def test_build_names_the_specialised_arguments():
     assert build == launch_capture.build_of(launch, 90, specialize=launch_capture.rule_specialization)
 
 
+def test_capture_refuses_interpreter_kernels():
+    # Here pvd was imported under TRITON_INTERPRET=1: the kernels would run, not be captured.
+    tiny = launch_capture.Site("tiny warp", "warp", 1, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        launch_capture.capture_launches([tiny])
+
+
 @pytest.mark.parametrize("registers, num_warps, shared, expected", [
     (128, 4, 0, 16),  # 4096 regs/warp: 4 warps per quarter register file
     (111, 4, 0, 16),  # 112 after rounding to 8: 3584 regs/warp, still 4 per quarter
@@ -196,7 +203,8 @@ def _failures(document, what: str) -> dict[tuple, list[str]]:
         if what == "spills" and (r["spill_stores"] or r["spill_loads"]):
             failing[r["kernel"], r["arch"]].append(f"{where}: {r['spill_stores']} B spilled")
         if what == "occupancy" and r["warps_per_sm"] < compile_check.MIN_WARPS_PER_SM:
-            failing[r["kernel"], r["arch"]].append(f"{where}: {r['warps_per_sm']} warps/SM ({r['registers']} registers)")
+            failing[r["kernel"], r["arch"]].append(
+                f"{where}: {r['warps_per_sm']} warps/SM ({r['registers']} registers)")
     return failing
 
 

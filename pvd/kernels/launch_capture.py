@@ -1,8 +1,9 @@
 """The kernel builds pvd really launches: run the public ops with every Triton launch intercepted.
 
-`capture_builds(arches)` calls `pvd.kernels.correlation`, `warp` and `pixel_volume` (forward and, where
+`capture_launches()` calls `pvd.kernels.correlation`, `warp` and `pixel_volume` (forward and, where
 gradients flow, backward) on CPU tensors of the network's shapes, listed per op in one variant table
-(`CORRELATION_SITES`, `WARP_SITES`, `PIXEL_VOLUME_SITES`). While it runs, `JITFunction.run` (and, for
+(`correlation_sites()`, `warp_sites()`, `pixel_volume_sites()`); `build_of(launch, arch)` turns each launch
+into the build the JIT would compile. While it runs, `JITFunction.run` (and, for
 autotuned kernels, `Autotuner.run`, every config) records each launch and returns without executing
 anything, and TRITON_INTERPRET reads 1 so the ops take their Triton path for CPU tensors. The kernel objects
 must be JITFunctions, i.e. pvd imported with TRITON_INTERPRET unset or 0 (`compile_check` re-runs itself so).
@@ -46,7 +47,7 @@ PIXEL_VOLUME_KERNEL = 5
 
 
 def level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
-    """(h, w) of BIMNet level `level` for an input (H, W): halved level - 1 times."""
+    """(h, w) of BIMNet level `level` for an input (H, W), multiples of 32: halved level - 1 times."""
     return size[0] >> (level - 1), size[1] >> (level - 1)
 
 
@@ -222,7 +223,7 @@ class Launch:
     kwargs: dict
 
 
-_state = {"site": None, "phase": None, "launches": None}
+_state = {"site": None, "phase": None}
 
 
 @contextlib.contextmanager
@@ -239,9 +240,14 @@ def intercepting_launches():
     """Within: every JITFunction launch is recorded into the yielded list instead of running, autotuned
     kernels record every config, and TRITON_INTERPRET reads 1 (pvd's ops then take the Triton path on CPU)."""
     from triton.runtime.autotuner import Autotuner
+    from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     launches: list[Launch] = []
+
+    def refuse(kernel, *args, **kwargs):
+        raise RuntimeError(f"{kernel.fn.__name__} is an interpreter object: pvd was imported with "
+                           "TRITON_INTERPRET=1; capture needs it imported with TRITON_INTERPRET unset or 0")
 
     def record(kernel, *args, grid=None, warmup=False, **kwargs):
         if _state["site"] is None:
@@ -252,17 +258,17 @@ def intercepting_launches():
         for config in tuner.configs:
             tuner.fn.run(*args, **{**kwargs, **config.all_kwargs()})
 
-    saved = JITFunction.run, Autotuner.run, os.environ.get("TRITON_INTERPRET")
-    JITFunction.run, Autotuner.run = record, every_config
+    saved = JITFunction.run, Autotuner.run, InterpretedFunction.run, os.environ.get("TRITON_INTERPRET")
+    JITFunction.run, Autotuner.run, InterpretedFunction.run = record, every_config, refuse
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         yield launches
     finally:
-        JITFunction.run, Autotuner.run = saved[0], saved[1]
-        if saved[2] is None:
+        JITFunction.run, Autotuner.run, InterpretedFunction.run = saved[:3]
+        if saved[3] is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
-            os.environ["TRITON_INTERPRET"] = saved[2]
+            os.environ["TRITON_INTERPRET"] = saved[3]
 
 
 def capture_launches(sites: list[Site] | None = None) -> list[Launch]:
@@ -385,7 +391,7 @@ def build_of(launch: Launch, arch: int, specialize: Callable | None = None) -> B
     if specialize is None:
         try:
             specialization = triton_specialization(kernel, launch.args, launch.kwargs, arch)
-        except (ImportError, AttributeError, TypeError):
+        except (ImportError, AttributeError):  # a Triton without this binder
             specialization = rule_specialization(kernel, launch.args, launch.kwargs)
     else:
         specialization = specialize(kernel, launch.args, launch.kwargs)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from pvd.kernels import compile_check, launch_capture
+from pvd.kernels import call_sites, compile_check, launch_capture
 from pvd.kernels.compile_check import SM_LIMITS, loop_barriers, warps_per_sm
 
 KERNEL_MODULES = ("warp", "correlation", "pixel_volume")
@@ -68,9 +69,20 @@ def test_build_names_the_specialised_arguments():
     assert build == launch_capture.build_of(launch, 90, specialize=launch_capture.rule_specialization)
 
 
+def test_capture_records_every_config_of_an_autotuned_kernel():
+    tuned = triton.autotune(configs=[triton.Config({"BLOCK": 32}, num_warps=4),
+                                     triton.Config({"BLOCK": 64}, num_warps=8)], key=[])(PROBE)
+    site = call_sites.Site("probe", "none", 1, 1, 1, 1)
+    args, _ = _probe_launch(torch.empty(64))
+    with launch_capture.intercepting_launches() as launches, launch_capture.at_site(site):
+        tuned[(1,)](*args)
+    builds = [launch_capture.build_of(launch, 90) for launch in launches]
+    assert [(dict(b.constexprs)["BLOCK"], dict(b.options)["num_warps"]) for b in builds] == [(32, 4), (64, 8)]
+
+
 def test_capture_refuses_interpreter_kernels():
     # Here pvd was imported under TRITON_INTERPRET=1: the kernels would run, not be captured.
-    tiny = launch_capture.Site("tiny warp", "warp", 1, 3, 8, 8)
+    tiny = call_sites.Site("tiny warp", "warp", 1, 3, 8, 8)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         launch_capture.capture_launches([tiny])
 
@@ -122,19 +134,32 @@ def test_variant_tables_follow_the_network():
     from pvd.nets import bimnet
     from pvd.training.config import DataConfig
 
-    assert launch_capture.LEVELS == bimnet.LEVELS
-    assert launch_capture.MAX_DISPLACEMENT == bimnet.MAX_DISPLACEMENT
-    assert launch_capture.CORRELATION_STRIDE == bimnet.CORRELATION_STRIDE
+    assert call_sites.LEVELS == bimnet.LEVELS
+    assert call_sites.MAX_DISPLACEMENT == bimnet.MAX_DISPLACEMENT
+    assert call_sites.CORRELATION_STRIDE == bimnet.CORRELATION_STRIDE
     for level in bimnet.LEVELS:
         lifted = bimnet.LIFTED_CHANNELS if level == 2 else bimnet.FEATURE_CHANNELS[level]
-        assert launch_capture.MATCHING_CHANNELS[level] == lifted
+        assert call_sites.MATCHING_CHANNELS[level] == lifted
         assert bimnet.SUBPIXEL_IN_CHANNELS[level] == 2 * lifted + 2  # the Subpixel gradient slice layout
-    assert launch_capture.PIXEL_VOLUME_KERNEL == pipeline.PIXEL_VOLUME_KERNEL
-    assert launch_capture.TRAINING_CROP == DataConfig().crop
-    multiple, height = pipeline.FLOW_SIZE_MULTIPLE, launch_capture.FRAME_HEIGHT
-    assert set(launch_capture.FLOW_SIZES.values()) == {
-        (height - height % multiple, launch_capture.FRAME_WIDTH),
-        (-(-height // multiple) * multiple, launch_capture.FRAME_WIDTH)}
+    assert call_sites.PIXEL_VOLUME_KERNEL == pipeline.PIXEL_VOLUME_KERNEL
+    assert call_sites.TRAINING_CROP == DataConfig().crop
+    multiple, height = pipeline.FLOW_SIZE_MULTIPLE, call_sites.FRAME_HEIGHT
+    assert set(call_sites.FLOW_SIZES.values()) == {
+        (height - height % multiple, call_sites.FRAME_WIDTH),
+        (-(-height // multiple) * multiple, call_sites.FRAME_WIDTH)}
+
+
+def test_every_site_runs_once_per_kernel_design(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("pvd.kernels.warp")
+    plain = [site for site in call_sites.all_sites() if site.op == "warp"]
+    assert plain and all(site.env == {} for site in plain)
+    monkeypatch.setattr(module, "KERNEL_ENV", "PVD_WARP_KERNEL", raising=False)
+    monkeypatch.setattr(module, "DESIGNS", ("new", "old"), raising=False)
+    both = [site for site in call_sites.all_sites() if site.op == "warp"]
+    assert [site.env for site in both] == [{"PVD_WARP_KERNEL": design} for _ in plain for design in ("new", "old")]
+    assert both[1].name == plain[0].name + " (PVD_WARP_KERNEL=old)"
 
 
 @pytest.mark.parametrize("name", KERNEL_MODULES)
@@ -161,7 +186,7 @@ def test_every_op_and_call_site_has_builds_for_every_arch(check_run):
             kernels = {r["kernel"] for r in results if r["arch"] == arch and r["kernel"].startswith(f"{module}.")}
             assert kernels, f"no {module} build for arch {arch}"
     sites = {site.split(" [")[0] for r in results for site in r["sites"]}
-    for site in launch_capture.all_sites():
+    for site in call_sites.all_sites():
         assert f"{site.op}: {site.name}" in sites, f"call site {site.op}: {site.name} produced no build"
     builds = collections.Counter((r["kernel"], tuple(r["sites"]), tuple(r["divisible_16"]), tuple(r["constant_1"]),
                                   tuple(sorted(r["constexprs"].items()))) for r in results)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,7 +165,23 @@ def pixel_volume_sites() -> list[Site]:
                  TRAINING_CROP, TRAINING_CROP, extra=extra),
             Site("API gray (1-channel) 1280x720", "pixel_volume", 1, 1, FRAME_HEIGHT, FRAME_WIDTH, backward=True,
                  extra=extra)]
-    return rows + _api_rows("pixel_volume", IMAGE_CHANNELS, (FRAME_HEIGHT, FRAME_WIDTH), extra)
+    return rows + _output_format_rows(extra) + _api_rows("pixel_volume", IMAGE_CHANNELS, (FRAME_HEIGHT, FRAME_WIDTH),
+                                                         extra)
+
+
+def _output_format_rows(extra: dict) -> list[Site]:
+    """Where `pixel_volume` offers `out_dtype` / `channels_last`, the deblur step asks for the volume in the
+    format PVDNet's first convolution consumes: channels_last on CUDA, bf16 under autocast."""
+    from pvd import kernels
+
+    offered = inspect.signature(kernels.pixel_volume).parameters
+    if "out_dtype" not in offered or "channels_last" not in offered:
+        return []
+    return [Site(f"deblur step 1280x720, {name}", "pixel_volume", 1, IMAGE_CHANNELS, FRAME_HEIGHT, FRAME_WIDTH,
+                 extra={**extra, **keywords})
+            for name, keywords in (("channels_last", {"channels_last": True}),
+                                   ("bf16 channels_last (PVDNet under autocast)",
+                                    {"out_dtype": torch.bfloat16, "channels_last": True}))]
 
 
 def op_designs(op: str) -> list[dict]:

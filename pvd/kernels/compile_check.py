@@ -2,10 +2,11 @@
 
     python -m pvd.kernels.compile_check [--arch 80 90] [--json] [--workers 2]
 
-`pvd.kernels.launch_capture` runs the public ops at the network's shapes (a 1280x720 frame pair, BIMNet's
-training crop, and one row per other dtype/layout of the API) with every Triton launch intercepted, and derives
-each launch's specialisation exactly as Triton's JIT does (16-byte-aligned pointers and ints divisible by 16
-get `tt.divisibility=16`, ints equal to 1 become constants). Each distinct build is compiled with
+`pvd.kernels.launch_capture` runs the call sites of `pvd.kernels.call_sites` (the public ops at the network's
+shapes for a 1280x720 frame pair, BIMNet's training crop, one row per other dtype/layout of the API, each
+kernel design an op offers) with every Triton launch intercepted, and derives each launch's specialisation
+exactly as Triton's JIT does (16-byte-aligned pointers and ints divisible by 16 get `tt.divisibility=16`, ints
+equal to 1 become constants). Each distinct build is compiled with
 `triton.compile` for `GPUTarget("cuda", arch, 32)` (arch 90 compiles to `sm_90a`), then its PTX is assembled
 again by the ptxas Triton picks, with Triton's flags and `-v`; the register count must match the cubin Triton
 built. Per build: registers, shared memory (ptxas static + Triton's dynamic allocation), stack frame, spill

@@ -22,6 +22,7 @@ TRITON_CACHE_DIR between CI runs to skip unchanged kernels.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib
 import inspect
 import json
@@ -129,6 +130,7 @@ class BuildResult:
     divisible_16: list
     constant_1: list
     constexprs: dict
+    pointers: dict  # pointer argument -> Triton type, e.g. '*bf16'
     ptx_target: str | None = None
     cubin_arch: str | None = None
     registers: int | None = None
@@ -201,7 +203,8 @@ def compile_build(build, sites: list[str], dtypes: list[str]) -> BuildResult:
     kernel = getattr(importlib.import_module(build.module), build.name)
     declared = {p.name for p in getattr(kernel, "params", []) if p.is_constexpr}
     result = BuildResult(build.kernel_name, build.arch, dtypes, sites, 0, 0, build.divisible_16(),
-                         build.constant_1(declared), {k: str(v) for k, v in constexprs.items() if k in declared})
+                         build.constant_1(declared), {k: str(v) for k, v in constexprs.items() if k in declared},
+                         {name: ty for name, ty in build.signature if ty.startswith("*")})
     start = time.perf_counter()
     try:
         if not isinstance(kernel, triton.runtime.jit.JITFunction):
@@ -341,8 +344,12 @@ def format_table(results: list[BuildResult]) -> str:
         if numbers[id(r)] in listed:
             continue
         listed.add(numbers[id(r)])
+        types = collections.Counter(r.pointers.values())
+        common = types.most_common(1)[0][0] if types else "-"
+        others = "".join(f" {name} {ty}" for name, ty in r.pointers.items() if ty != common)
         lines.append(f"#{numbers[id(r)]} {r.kernel} {variants[id(r)]}".rstrip()
-                     + f": D16 {', '.join(r.divisible_16) or '-'}; =1 {', '.join(r.constant_1) or '-'}")
+                     + f": pointers {common}{others}; D16 {', '.join(r.divisible_16) or '-'}; "
+                     f"=1 {', '.join(r.constant_1) or '-'}")
         lines += [f"    {site}" for site in r.sites]
     return "\n".join(lines)
 

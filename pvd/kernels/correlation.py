@@ -21,9 +21,7 @@ from torch.library import triton_op, wrap_triton
 
 from . import reference
 from ._common import (
-    CompileSpec,
     check_correlation_args,
-    pointer_type,
     tl_acc_dtype,
     use_triton,
 )
@@ -135,7 +133,6 @@ def _correlation_backward_kernel(
              mask=in_range[:, None] & channel_ok)
 
 
-
 def _channel_block(dtype: torch.dtype) -> int:
     return CHANNEL_BLOCK_FLOAT64 if dtype == torch.float64 else CHANNEL_BLOCK
 
@@ -218,25 +215,3 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     if use_triton(f1):
         return _correlation_op(f1, f2, max_displacement, stride)
     return reference.correlation(f1, f2, max_displacement, stride)
-
-
-def compile_specs() -> list[CompileSpec]:
-    """Every kernel/launch configuration this module can launch, for the ahead-of-time compile check."""
-    specs = []
-    grid_args = {name: "i32" for name in ("OUT_H", "OUT_W", "MAX_DISP", "STRIDE")}
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        ptr = pointer_type(dtype)
-        blocks = {"ACC": tl_acc_dtype(dtype), "BLOCK_C": _channel_block(dtype), "BLOCK_P": PIXEL_BLOCK}
-        forward_strides = {f"stride_{t}{d}": "i32" for t in "12" for d in "bchw"}
-        specs.append(CompileSpec(
-            "correlation_forward", _correlation_forward_kernel, dtype,
-            {"f1_ptr": ptr, "f2_ptr": ptr, "out_ptr": ptr, "C": "i32", **grid_args, **forward_strides},
-            blocks, NUM_WARPS))
-        backward_strides = {f"stride_{t}{d}": "i32" for t in "go" for d in "bchw"}
-        for wrt_f2 in (False, True):
-            specs.append(CompileSpec(
-                f"correlation_backward_{'f2' if wrt_f2 else 'f1'}", _correlation_backward_kernel, dtype,
-                {"grad_out_ptr": ptr, "other_ptr": ptr, "grad_ptr": ptr, "C": "i32", "H": "i32", "W": "i32",
-                 **grid_args, **backward_strides},
-                {**blocks, "WRT_F2": wrt_f2}, NUM_WARPS))
-    return specs

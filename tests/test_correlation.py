@@ -91,7 +91,8 @@ def test_triton_path_is_taken(device):
 def test_kernel_design_selection(device, monkeypatch):
     """The variable is read at each call: unset or empty means tiled; each design runs its own launcher."""
     launched = []
-    for name, module, attribute in (("tiled", correlation_module, "_tiled_forward"), ("legacy", legacy_module, "forward"),
+    for name, module, attribute in (("tiled", correlation_module, "_tiled_forward"),
+                                    ("legacy", legacy_module, "forward"),
                                     ("tiled backward", correlation_module, "_tiled_backward"),
                                     ("legacy backward", legacy_module, "backward")):
         original = getattr(module, attribute)

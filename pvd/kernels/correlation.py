@@ -36,7 +36,7 @@ from . import reference
 from ._common import CompileSpec, check_correlation_args, pointer_type, tl_acc_dtype, use_triton
 
 KERNEL_ENV = "PVD_CORRELATION_KERNEL"
-DESIGNS = ("tiled", "legacy")
+KERNEL_DESIGNS = ("tiled", "legacy")
 DEFAULT_DESIGN = "tiled"
 
 # Tiled design: a tile is TILE_H rows of TILE_W grid pixels, one pixel per thread (FORWARD_WARPS warps hold
@@ -61,8 +61,9 @@ _BACKWARD_NO_ALIGNMENT = ["C", "H", "W", "OUT_H", "OUT_W", *(f"stride_{t}{d}" fo
 def kernel_design() -> str:
     """The correlation kernel design in use: PVD_CORRELATION_KERNEL ('tiled', the default, or 'legacy')."""
     design = os.environ.get(KERNEL_ENV, "") or DEFAULT_DESIGN
-    if design not in DESIGNS:
-        raise ValueError(f"{KERNEL_ENV}={design!r} is not a correlation kernel design; use one of {', '.join(DESIGNS)}")
+    if design not in KERNEL_DESIGNS:
+        raise ValueError(f"{KERNEL_ENV}={design!r} is not a correlation kernel design; "
+                         f"use one of {', '.join(KERNEL_DESIGNS)}")
     return design
 
 

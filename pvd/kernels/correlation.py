@@ -39,9 +39,9 @@ KERNEL_ENV = "PVD_CORRELATION_KERNEL"
 KERNEL_DESIGNS = ("tiled", "legacy")
 DEFAULT_DESIGN = "tiled"
 
-# Tiled design: a tile is TILE_H rows of TILE_W grid pixels, one pixel per thread (FORWARD_WARPS warps hold
-# TILE_H * TILE_W / 32 pixels each... see _tile_warps). Each thread keeps DY_BLOCK x DX_PAD displacement slots
-# in registers: at most SLOTS_PER_PIXEL (half as many in float64), the rest of the rows go to further passes.
+# Tiled design: a tile is TILE_H rows of TILE_W grid pixels (lanes along a row, 32 pixels per warp). A pixel's
+# DY_BLOCK x DX_PAD displacement slots (dx padded to a power of two) live in registers: at most SLOTS_PER_PIXEL
+# (SLOTS_PER_PIXEL_FLOAT64 in float64); further dy rows go to further programs (forward) or passes (backward).
 TILE_H = 8
 TILE_W = 32
 SLOTS_PER_PIXEL = 64

@@ -31,12 +31,12 @@ CASES = [
     ((1, 21, 12, 13), 1, 1),
 ]
 LOW_PRECISION_CASE = ((2, 19, 5, 6), 1, 1)
-# Tiled design: 19 x 70 grid pixels at stride 1 = 3 x 3 tiles (rows 8 + 8 + 3, columns 32 + 32 + 6), 17 x 33
+# Tiled design: 17 x 66 grid pixels at stride 1 = 3 x 3 tiles (rows 8 + 8 + 1, columns 32 + 32 + 2), 17 x 33
 # at stride 2 = 3 x 2 tiles; d = 4 takes its dy rows in several passes (DY_BLOCK < 9), as float64 does at d = 3.
 TILED_CASES = [
-    ((2, 3, 19, 70), 3, 1),
+    ((1, 2, 17, 66), 3, 1),
     ((1, 2, 33, 66), 3, 2),
-    ((2, 2, 17, 35), 4, 1),
+    ((2, 2, 9, 35), 4, 1),
     ((1, 2, 18, 40), 4, 2),
     ((1, 2, 10, 9), 2, 3),
     ((2, 3, 9, 33), 0, 1),

@@ -186,9 +186,9 @@ def _output_format_rows(extra: dict) -> list[Site]:
 
 def op_designs(op: str) -> list[dict]:
     """One environment per kernel design of `op`: a kernel module that names its selection variable
-    `KERNEL_ENV` and its choices `DESIGNS` (e.g. PVD_CORRELATION_KERNEL) has every site run once per design."""
+    `KERNEL_ENV` and its choices `KERNEL_DESIGNS` (e.g. PVD_CORRELATION_KERNEL) has every site run once per design."""
     module = importlib.import_module(f"pvd.kernels.{op}")
-    variable, designs = getattr(module, "KERNEL_ENV", None), getattr(module, "DESIGNS", None)
+    variable, designs = getattr(module, "KERNEL_ENV", None), getattr(module, "KERNEL_DESIGNS", None)
     return [{variable: design} for design in designs] if variable and designs else [{}]
 
 

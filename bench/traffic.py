@@ -288,7 +288,8 @@ def measure(ops, scale: int, pair: bool, label: str, log=print) -> list[dict]:
         for case in CASE_BUILDERS[op](scale, pair):
             start = time.perf_counter()
             measured = measure_case(case, design)
-            log(f"  {op:13s} {case.level:12s} {case.size:22s} {design:10s} {time.perf_counter() - start:6.1f} s")
+            log(f"  {op:13s} {case.level:12s} {case.size:22s} {design:10s} {time.perf_counter() - start:6.1f} s",
+                flush=True)
             rows.extend(measured)
     return rows
 
@@ -326,7 +327,8 @@ def format_table(rows: list[dict]) -> str:
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
-    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE, help=f"divide every size by this (default {DEFAULT_SCALE})")
+    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE,
+                        help=f"divide every size by this (default {DEFAULT_SCALE})")
     parser.add_argument("--out", default=str(RESULTS_CSV), help="CSV to append the rows to")
     parser.add_argument("--no-csv", action="store_true", help="print only")
     parser.add_argument("--no-pair", action="store_true", help="skip the twice-the-size correlation shape")

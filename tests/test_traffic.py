@@ -165,3 +165,47 @@ def test_level_sizes_follow_bimnet(traffic):
     assert traffic.level_size(2, 8, 2) == (80, 46)  # floor: 40x23 correlation grid pixels at stride 2
     assert traffic.level_size(5, 8) == (40, 23)
     assert traffic.level_channels(2) == 64 and traffic.level_channels(6) == 192
+
+
+def test_report_puts_designs_side_by_side(tmp_path):
+    import csv
+
+    spec = importlib.util.spec_from_file_location("bench_report_traffic", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = report
+    try:
+        spec.loader.exec_module(report)
+        columns = ["op", "direction", "level", "size", "design", "requested_x", "l2_x", "dram_x", "dram_host_x",
+                   "atomics_per_output", "device", "triton", "date", "git"]
+        rows = [
+            ["correlation", "fwd", "L2", "1x64x46x80 s2", "legacy", 49.5, 80.2, 2.1, 2.1, 0, "cpu-interpreter",
+             "3.9.0", "2026-01-01", "aaa"],
+            ["correlation", "fwd", "L2", "1x64x46x80 s2", "tiled", 1.5, 2.5, 2.0, 2.0, 0, "cpu-interpreter",
+             "3.9.0", "2026-01-02", "bbb"],
+            # an older measurement of the same key loses to the newer one
+            ["correlation", "fwd", "L2", "1x64x46x80 s2", "tiled", 9.0, 9.0, 9.0, 9.0, 0, "cpu-interpreter",
+             "3.9.0", "2025-12-31", "ccc"],
+            ["warp", "bwd", "L6 image", "1x3x23x40", "legacy", 2.2, 1.2, 1.0, 1.2, 3.5, "cpu-interpreter",
+             "3.9.0", "2026-01-01", "aaa"],
+        ]
+        with (tmp_path / "traffic.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        markdown = report.build_report(tmp_path, plots=False).read_text()
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert "## Memory traffic" in markdown and "No results found" not in markdown
+    table = [[cell.strip() for cell in line.strip("|").split("|")]
+             for line in markdown.split("## Memory traffic", 1)[1].splitlines()
+             if line.startswith("|") and not line.startswith("|---")]
+    header, body = table[0], table[1:]
+    assert header[:4] == ["op", "direction", "level", "size"]
+    assert header.index("legacy L2->SM x") < header.index("tiled L2->SM x")
+    correlation = next(row for row in body if row[0] == "correlation")
+    assert correlation[header.index("legacy L2->SM x")] == "80.2"
+    assert correlation[header.index("tiled L2->SM x")] == "2.5"
+    warp_row = next(row for row in body if row[0] == "warp")
+    assert warp_row[header.index("legacy atomics/out")] == "3.5"
+    assert warp_row[header.index("tiled L2->SM x")] == "-"
+    assert "git bbb" in markdown and "git ccc" not in markdown

@@ -30,14 +30,16 @@ Shapes are the network's at a 1280x720 frame (padded to 1280x736 as the pipeline
 BIMNet level L has 1/2**(L-1) of the frame; correlation (max displacement 3) on the level's feature channels
 (level 2 lifted 32 -> 64), stride 2 at levels 2-3, 1 at 4-6; the feature warps (Matching at levels 2-5,
 Subpixel at 2-6) on the same channels; the Regularization image warp on 3 channels; the pixel volume on the frame
-(3-channel image and fill, 2-channel flow, k = 5). Sizes are divided by --scale (default 8; the interpreter is
-slow) but never below the level-6 size 40x23 (in correlation grid pixels), and one shape (correlation at level 4)
-is also measured at twice the linear size to show how much the ratios depend on size. Flows are smooth random
+(3-channel image and fill, 2-channel flow, k = 5). The interpreter is slow, so shapes are cut down: with --rows R
+to strips of the real width and R rows (R stride-grid rows for the correlation), which keeps the geometry of
+kernels that tile pixels in 1-D runs along rows exact; else each side is divided by --scale (default 8), never
+below the level-6 size 40x23 (in correlation grid pixels). One shape (correlation at level 5) is also measured
+at twice the size (twice the rows, or both sides doubled) to show how much the ratios depend on size. Flows are smooth random
 fields (a coarse Gaussian field upsampled), a few pixels in amplitude.
 
 Correlation designs: each design in --designs runs in a child process with PVD_CORRELATION_KERNEL set to it;
-rows are labelled with the design `pvd.kernels.correlation` reports (`DESIGN` or `design()`, "legacy" when it
-reports none) and a design already measured is skipped. Warp and pixel-volume rows carry --label (default
+rows are labelled with the design `pvd.kernels.correlation` reports (`kernel_design()`, `design()` or `DESIGN`;
+"legacy" when it reports none) and a design already measured is skipped. Warp and pixel-volume rows carry --label (default
 "current"). Rows are appended to bench/results/traffic.csv; `bench/report.py` turns them into REPORT.md's
 traffic table (designs side by side).
 """
@@ -82,7 +84,7 @@ DEFAULT_LABEL = "current"
 FRAME_WIDTH, FRAME_HEIGHT = 1280, 720
 DEFAULT_SCALE = 8
 MIN_GRID_WIDTH, MIN_GRID_HEIGHT = 40, 23  # level 6 of the padded 1280x720 frame
-PAIR_LEVEL, PAIR_FACTOR = 4, 2  # this correlation shape is also measured at twice the linear size
+PAIR_LEVEL = 5  # this correlation shape is also measured at twice the size (Sizing.doubled)
 BATCH = 1
 DTYPE = torch.float32
 FLOW_SIGMA_PX = 3.0
@@ -99,13 +101,33 @@ def padded_frame() -> tuple[int, int]:
     return -(-FRAME_WIDTH // multiple) * multiple, -(-FRAME_HEIGHT // multiple) * multiple
 
 
-def level_size(level: int, scale: int, stride: int = 1) -> tuple[int, int]:
-    """(width, height) of BIMNet level `level` divided by `scale`, at least the level-6 size in stride-grid pixels
-    (and never more than the level's real size)."""
+@dataclass(frozen=True)
+class Sizing:
+    """How a real shape is cut down for the interpreter: with `rows`, a strip of the real width and `rows` rows
+    (stride-grid rows for the correlation); else each side divided by `scale`, at least the level-6 size
+    MIN_GRID_WIDTH x MIN_GRID_HEIGHT (in stride-grid pixels) and at most the real size."""
+
+    scale: int = DEFAULT_SCALE
+    rows: int | None = None
+
+    def shrink(self, width: int, height: int, stride: int = 1) -> tuple[int, int]:
+        if self.rows:
+            return width, min(height, self.rows * stride)
+        return (max(int(width // self.scale), min(width, MIN_GRID_WIDTH * stride)),
+                max(int(height // self.scale), min(height, MIN_GRID_HEIGHT * stride)))
+
+    def doubled(self) -> Sizing:
+        """Twice the rows of a strip, or both sides twice as long."""
+        return Sizing(rows=2 * self.rows) if self.rows else Sizing(scale=self.scale / 2)
+
+    def __str__(self) -> str:
+        return f"full width, {self.rows} rows" if self.rows else f"1/{self.scale:g}"
+
+
+def level_size(level: int, sizing: Sizing, stride: int = 1) -> tuple[int, int]:
+    """(width, height) of BIMNet level `level` of the padded 1280x720 frame, cut down by `sizing`."""
     width, height = padded_frame()
-    full_w, full_h = width >> (level - 1), height >> (level - 1)
-    return (max(full_w // scale, min(full_w, MIN_GRID_WIDTH * stride)),
-            max(full_h // scale, min(full_h, MIN_GRID_HEIGHT * stride)))
+    return sizing.shrink(width >> (level - 1), height >> (level - 1), stride)
 
 
 def level_channels(level: int) -> int:
@@ -130,16 +152,16 @@ class Case:
     run: Callable[..., torch.Tensor]
     ideal_forward: int
     ideal_backward: int
-    scale: int
+    sizing: Sizing
 
 
-def correlation_cases(scale: int, pair: bool) -> list[Case]:
-    shapes = [(level, 1) for level in bimnet.LEVELS] + ([(PAIR_LEVEL, PAIR_FACTOR)] if pair else [])
+def correlation_cases(sizing: Sizing, pair: bool) -> list[Case]:
+    shapes = [(level, sizing) for level in bimnet.LEVELS] + ([(PAIR_LEVEL, sizing.doubled())] if pair else [])
     cases = []
-    for level, factor in shapes:
+    for level, level_sizing in shapes:
         stride = bimnet.CORRELATION_STRIDE[level]
         channels = level_channels(level)
-        width, height = (factor * side for side in level_size(level, scale, stride))
+        width, height = level_size(level, level_sizing, stride)
         grid = -(-width // stride) * -(-height // stride)
         element = DTYPE.itemsize
 
@@ -154,14 +176,14 @@ def correlation_cases(scale: int, pair: bool) -> list[Case]:
             ideal_forward=element * BATCH * (2 * channels * grid + DISPLACEMENTS * grid),
             ideal_backward=element * BATCH * (DISPLACEMENTS * grid + 2 * channels * grid
                                               + 2 * channels * height * width),
-            scale=scale if factor == 1 else scale / factor))
+            sizing=level_sizing))
     return cases
 
 
-def warp_cases(scale: int, pair: bool) -> list[Case]:
+def warp_cases(sizing: Sizing, pair: bool) -> list[Case]:
     cases = []
     for level in bimnet.LEVELS:
-        width, height = level_size(level, scale)
+        width, height = level_size(level, sizing)
         for channels, what in ((level_channels(level), "features"), (IMAGE_CHANNELS, "image")):
             def make(channels=channels, width=width, height=height, level=level):
                 generator = torch.Generator().manual_seed(100 + level)
@@ -172,7 +194,7 @@ def warp_cases(scale: int, pair: bool) -> list[Case]:
             cases.append(Case(
                 "warp", f"L{level} {what}", f"{BATCH}x{channels}x{height}x{width}", make, warp,
                 ideal_forward=DTYPE.itemsize * pixels * (2 * channels + 2),
-                ideal_backward=DTYPE.itemsize * pixels * (3 * channels + 4), scale=scale))
+                ideal_backward=DTYPE.itemsize * pixels * (3 * channels + 4), sizing=sizing))
     return cases
 
 
@@ -183,19 +205,15 @@ def _pixel_volume_inputs(width: int, height: int) -> dict[str, torch.Tensor]:
             "fill": 2 * torch.rand(BATCH, IMAGE_CHANNELS, height, width, generator=generator, dtype=DTYPE) - 1}
 
 
-def _pixel_volume_size(scale: int) -> tuple[int, int]:
-    return max(FRAME_WIDTH // scale, MIN_GRID_WIDTH), max(FRAME_HEIGHT // scale, MIN_GRID_HEIGHT)
-
-
-def pixel_volume_cases(scale: int, pair: bool) -> list[Case]:
-    width, height = _pixel_volume_size(scale)
+def pixel_volume_cases(sizing: Sizing, pair: bool) -> list[Case]:
+    width, height = sizing.shrink(FRAME_WIDTH, FRAME_HEIGHT)
     pixels = BATCH * height * width
     return [Case(
         "pixel_volume", "frame", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{KERNEL_SIZE}",
         lambda: _pixel_volume_inputs(width, height),
         lambda image, flow, fill: pixel_volume(image, flow, fill, KERNEL_SIZE),
         ideal_forward=DTYPE.itemsize * pixels * (2 * IMAGE_CHANNELS + 2 + KERNEL_SIZE ** 2),
-        ideal_backward=DTYPE.itemsize * pixels * (KERNEL_SIZE ** 2 + 2 + 2 * IMAGE_CHANNELS), scale=scale)]
+        ideal_backward=DTYPE.itemsize * pixels * (KERNEL_SIZE ** 2 + 2 + 2 * IMAGE_CHANNELS), sizing=sizing)]
 
 
 CASE_BUILDERS = {"correlation": correlation_cases, "warp": warp_cases, "pixel_volume": pixel_volume_cases}
@@ -233,7 +251,7 @@ def measure_case(case: Case, design: str) -> list[dict]:
     inputs = case.make_inputs()
     leaves = {name: tensor.requires_grad_(name in DIFFERENTIABLE[case.op]) for name, tensor in inputs.items()}
     base = {"op": case.op, "level": case.level, "size": case.size, "design": design, "dtype": "float32",
-            "scale": case.scale}
+            "sizing": str(case.sizing)}
     with TrafficMeter() as forward:
         out = case.run(**leaves)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(11), dtype=out.dtype)
@@ -270,9 +288,10 @@ def _pixel_volume_bf16_rows(case: Case, base: dict) -> list[dict]:
 
 
 def correlation_design() -> str:
-    """The correlation design `pvd.kernels.correlation` reports (`DESIGN` or `design()`), else "legacy"."""
+    """The correlation design `pvd.kernels.correlation` reports (`kernel_design()`, `design()` or `DESIGN`),
+    "legacy" when it reports none (the kernels before the tiled redesign)."""
     module = importlib.import_module("pvd.kernels.correlation")
-    for name in ("DESIGN", "design"):
+    for name in ("kernel_design", "design", "DESIGN"):
         value = getattr(module, name, None)
         value = value() if callable(value) else value
         if isinstance(value, str) and value:
@@ -280,12 +299,12 @@ def correlation_design() -> str:
     return "legacy"
 
 
-def measure(ops, scale: int, pair: bool, label: str, log=print) -> list[dict]:
+def measure(ops, sizing: Sizing, pair: bool, label: str, log=print) -> list[dict]:
     """Rows of every case of `ops` in this process (correlation labelled with this process's design)."""
     rows = []
     for op in ops:
         design = correlation_design() if op == "correlation" else label
-        for case in CASE_BUILDERS[op](scale, pair):
+        for case in CASE_BUILDERS[op](sizing, pair):
             start = time.perf_counter()
             measured = measure_case(case, design)
             log(f"  {op:13s} {case.level:12s} {case.size:22s} {design:10s} {time.perf_counter() - start:6.1f} s",
@@ -294,15 +313,16 @@ def measure(ops, scale: int, pair: bool, label: str, log=print) -> list[dict]:
     return rows
 
 
-def measure_designs(designs, scale: int, pair: bool) -> list[dict]:
+def measure_designs(designs, sizing: Sizing, pair: bool) -> list[dict]:
     """Correlation rows of each design, each measured in a child process with PVD_CORRELATION_KERNEL set."""
     rows: list[dict] = []
     for design in designs:
         with tempfile.TemporaryDirectory() as folder:
             result = Path(folder) / "rows.json"
             skip = sorted({row["design"] for row in rows})
-            command = [sys.executable, str(Path(__file__).resolve()), "--ops", "correlation", "--scale", str(scale),
-                       "--child-json", str(result), "--skip-designs", ",".join(skip)] + ([] if pair else ["--no-pair"])
+            command = [sys.executable, str(Path(__file__).resolve()), "--ops", "correlation", "--scale",
+                       str(sizing.scale), "--child-json", str(result), "--skip-designs", ",".join(skip)]
+            command += ([f"--rows={sizing.rows}"] if sizing.rows else []) + ([] if pair else ["--no-pair"])
             subprocess.run(command, env={**os.environ, DESIGN_VARIABLE: design}, check=True)
             child_rows = json.loads(result.read_text())
         if not child_rows:
@@ -329,6 +349,8 @@ def _parse_args(argv):
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     parser.add_argument("--scale", type=int, default=DEFAULT_SCALE,
                         help=f"divide every size by this (default {DEFAULT_SCALE})")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="instead of --scale: strips of the real width with this many rows (grid rows)")
     parser.add_argument("--out", default=str(RESULTS_CSV), help="CSV to append the rows to")
     parser.add_argument("--no-csv", action="store_true", help="print only")
     parser.add_argument("--no-pair", action="store_true", help="skip the twice-the-size correlation shape")
@@ -344,6 +366,9 @@ def _parse_args(argv):
         parser.error(f"--ops: unknown op(s) {unknown}; choose from {', '.join(OPS)}")
     if args.scale < 1:
         parser.error(f"--scale must be >= 1, got {args.scale}")
+    if args.rows is not None and args.rows < 1:
+        parser.error(f"--rows must be >= 1, got {args.rows}")
+    args.sizing = Sizing(scale=args.scale, rows=args.rows)
     return args
 
 
@@ -352,19 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if args.child_json:  # one correlation design, in a child process (see measure_designs)
         skip = set(filter(None, args.skip_designs.split(",")))
-        rows = [] if correlation_design() in skip else measure(args.ops, args.scale, not args.no_pair, args.label)
+        rows = [] if correlation_design() in skip else measure(args.ops, args.sizing, not args.no_pair, args.label)
         Path(args.child_json).write_text(json.dumps(rows))
         return 0
     env = describe_environment(path=PATH_INTERPRETER)
     print_banner(env)
-    print(f"traffic meter: sizes / {args.scale} (floor {MIN_GRID_WIDTH}x{MIN_GRID_HEIGHT}), float32, "
-          f"{BATCH} batch; figures are multiples of the ideal bytes", flush=True)
+    print(f"traffic meter: sizes {args.sizing}, float32, batch {BATCH}; figures are multiples of the ideal bytes",
+          flush=True)
     start = time.perf_counter()
     rows = []
     if "correlation" in args.ops:
         designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-        rows += measure_designs(designs, args.scale, not args.no_pair)
-    rows += measure([op for op in args.ops if op != "correlation"], args.scale, not args.no_pair, args.label)
+        rows += measure_designs(designs, args.sizing, not args.no_pair)
+    rows += measure([op for op in args.ops if op != "correlation"], args.sizing, not args.no_pair, args.label)
     print()
     print(format_table(rows))
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s (Triton interpreter, CPU)")

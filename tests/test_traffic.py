@@ -146,7 +146,8 @@ def test_correlation_through_the_meter(traffic):
         lambda: {name: torch.randn(1, channels, height, width) for name in ("f1", "f2")},
         lambda f1, f2: traffic.correlation(f1, f2, 3, stride),
         ideal_forward=4 * (2 * channels * height * width + 49 * height * width),
-        ideal_backward=4 * (49 * height * width + 4 * channels * height * width), scale=1)
+        ideal_backward=4 * (49 * height * width + 4 * channels * height * width),
+        sizing=traffic.Sizing(scale=1))
     forward, backward = traffic.measure_case(case, "test")
     assert forward["direction"] == "fwd" and backward["direction"] == "bwd"
     for row in (forward, backward):
@@ -161,9 +162,14 @@ def test_correlation_through_the_meter(traffic):
 
 def test_level_sizes_follow_bimnet(traffic):
     assert traffic.padded_frame() == (1280, 736)
-    assert traffic.level_size(2, 1, 2) == (640, 368) and traffic.level_size(6, 1) == (40, 23)
-    assert traffic.level_size(2, 8, 2) == (80, 46)  # floor: 40x23 correlation grid pixels at stride 2
-    assert traffic.level_size(5, 8) == (40, 23)
+    full, eighth = traffic.Sizing(scale=1), traffic.Sizing(scale=8)
+    assert traffic.level_size(2, full, 2) == (640, 368) and traffic.level_size(6, full) == (40, 23)
+    assert traffic.level_size(2, eighth, 2) == (80, 46)  # floor: 40x23 correlation grid pixels at stride 2
+    assert traffic.level_size(5, eighth) == (40, 23)
+    assert traffic.level_size(4, eighth.doubled()) == (40, 23) and traffic.level_size(2, eighth.doubled()) == (160, 92)
+    strips = traffic.Sizing(rows=16)
+    assert traffic.level_size(2, strips, 2) == (640, 32) and traffic.level_size(6, strips) == (40, 16)
+    assert traffic.level_size(6, strips.doubled()) == (40, 23)  # never more than the real size
     assert traffic.level_channels(2) == 64 and traffic.level_channels(6) == 192
 
 

@@ -323,9 +323,9 @@ def _design_order(design: str) -> tuple:
 
 def _traffic_row_order(key: tuple) -> tuple:
     op, direction, level, size = key
-    return (TRAFFIC_OPS.index(op) if op in TRAFFIC_OPS else len(TRAFFIC_OPS), op, level,
+    return (TRAFFIC_OPS.index(op) if op in TRAFFIC_OPS else len(TRAFFIC_OPS), op, level, _size_order(size),
             TRAFFIC_DIRECTIONS.index(direction) if direction in TRAFFIC_DIRECTIONS else len(TRAFFIC_DIRECTIONS),
-            direction, _size_order(size))
+            direction)
 
 
 def _traffic_section(records: list[dict]) -> list[str]:
@@ -339,13 +339,16 @@ def _traffic_section(records: list[dict]) -> list[str]:
              "`bench/traffic.py`: every load, store and atomic of the kernels recorded in Triton's interpreter, as "
              "multiples of the ideal bytes (inputs read once, outputs written once). L2->SM: sum over program "
              "instances of the distinct 32-byte sectors each touches; DRAM: distinct sectors per launch; +host: "
-             "plus the tensor passes the op runs outside kernels; req: masked-in lanes x element size. Sizes are "
-             "scaled down from a 1280x720 frame (see the size column). Not GPU measurements.", ""]
-    header = ["op", "direction", "level", "size"] + [f"{design} {label}" for design in designs
-                                                       for _, label in TRAFFIC_FIGURES]
+             "plus the tensor passes the op runs outside kernels; req: masked-in lanes x element size. Shapes are "
+             "the network's at a 1280x720 frame, cut down for the interpreter (sizing: strips of the real width "
+             "with fewer rows, which keeps the geometry of kernels that tile pixels along rows exact, or each "
+             "side divided). Not GPU measurements.", ""]
+    header = ["op", "direction", "level", "size", "sizing"] + [f"{design} {label}" for design in designs
+                                                                 for _, label in TRAFFIC_FIGURES]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key in sorted(by_key, key=_traffic_row_order):
-        cells = list(key)
+        cells = list(key) + [next((record.get("sizing") for record in by_key[key].values() if record.get("sizing")),
+                                  MISSING)]
         for design in designs:
             record = by_key[key].get(design)
             cells += [_format(_number(record.get(column, ""))) if record else MISSING

@@ -12,6 +12,8 @@ of the forward, then all of the backward) it prints, as multiples of the op's *i
 - `+host x`: DRAM bytes plus the tensor passes the op's Python code runs between kernels (zero fills, casts,
   `torch.cat`; one read of each input and one write of the output each);
 - `atomics/out`: atomic lanes per element of the tensors the atomics accumulate into.
+The model assumes perfect reuse inside a program instance (its L1) and none between instances (each instance
+fetches its sectors from L2; the L2 holds everything, so DRAM sees each sector once per launch).
 
 Ideal bytes (float32): every input element the op needs read once, every output element written once.
 - correlation forward: f1 and f2 on the stride grid only (ceil(H/s) x ceil(W/s) pixels: at stride 2 only a

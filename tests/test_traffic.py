@@ -206,7 +206,7 @@ def test_report_puts_designs_side_by_side(tmp_path):
              for line in markdown.split("## Memory traffic", 1)[1].splitlines()
              if line.startswith("|") and not line.startswith("|---")]
     header, body = table[0], table[1:]
-    assert header[:4] == ["op", "direction", "level", "size"]
+    assert header[:5] == ["op", "direction", "level", "size", "sizing"]
     assert header.index("legacy L2->SM x") < header.index("tiled L2->SM x")
     correlation = next(row for row in body if row[0] == "correlation")
     assert correlation[header.index("legacy L2->SM x")] == "80.2"

@@ -1,7 +1,10 @@
 """Memory-traffic meter of pvd's Triton kernels, run on CPU in Triton's interpreter (no GPU needed).
 
-    python bench/traffic.py [--ops correlation,warp,pixel_volume] [--scale N] [--out CSV] [--no-csv]
-                            [--designs legacy,tiled] [--label NAME]
+    python bench/traffic.py [--ops correlation,warp,pixel_volume] [--scale N | --rows R] [--out CSV] [--no-csv]
+                            [--no-pair] [--designs legacy,tiled] [--label NAME]
+
+The figures in bench/results/traffic.csv come from `--rows 16` (about 20 minutes on a loaded 2-core CPU) and
+the default `--scale 8` (about 13 minutes).
 
 Every public op of `pvd.kernels` runs forward and backward on CPU tensors with TRITON_INTERPRET=1 while
 `bench/_meter.py` records each load, store and atomic of each kernel launch. Per op and direction (all launches
@@ -36,13 +39,13 @@ Subpixel at 2-6) on the same channels; the Regularization image warp on 3 channe
 to strips of the real width and R rows (R stride-grid rows for the correlation), which keeps the geometry of
 kernels that tile pixels in 1-D runs along rows exact; else each side is divided by --scale (default 8), never
 below the level-6 size 40x23 (in correlation grid pixels). One shape (correlation at level 5) is also measured
-at twice the size (twice the rows, or both sides doubled) to show how much the ratios depend on size. Flows are smooth random
-fields (a coarse Gaussian field upsampled), a few pixels in amplitude.
+at twice the size (twice the rows, or both sides doubled) to show how much the ratios depend on size. Flows are
+smooth random fields (a coarse Gaussian field upsampled), a few pixels in amplitude.
 
 Correlation designs: each design in --designs runs in a child process with PVD_CORRELATION_KERNEL set to it;
 rows are labelled with the design `pvd.kernels.correlation` reports (`kernel_design()`, `design()` or `DESIGN`;
-"legacy" when it reports none) and a design already measured is skipped. Warp and pixel-volume rows carry --label (default
-"current"). Rows are appended to bench/results/traffic.csv; `bench/report.py` turns them into REPORT.md's
+"legacy" when it reports none) and a design already measured is skipped. Warp and pixel-volume rows carry --label
+(default "current"). Rows are appended to bench/results/traffic.csv; `bench/report.py` turns them into REPORT.md's
 traffic table (designs side by side).
 """
 

@@ -156,7 +156,7 @@ def test_every_site_runs_once_per_kernel_design(monkeypatch):
     plain = [site for site in call_sites.all_sites() if site.op == "warp"]
     assert plain and all(site.env == {} for site in plain)
     monkeypatch.setattr(module, "KERNEL_ENV", "PVD_WARP_KERNEL", raising=False)
-    monkeypatch.setattr(module, "DESIGNS", ("new", "old"), raising=False)
+    monkeypatch.setattr(module, "KERNEL_DESIGNS", ("new", "old"), raising=False)
     both = [site for site in call_sites.all_sites() if site.op == "warp"]
     assert [site.env for site in both] == [{"PVD_WARP_KERNEL": design} for _ in plain for design in ("new", "old")]
     assert both[1].name == plain[0].name + " (PVD_WARP_KERNEL=old)"

@@ -19,10 +19,9 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._common import (
     DEFAULT_KERNEL_SIZE,
-    CompileSpec,
     acc_dtype,
     check_pixel_volume_args,
-    pointer_type,
+    pixel_grid,
     tl_acc_dtype,
     use_triton,
 )
@@ -161,17 +160,11 @@ def _pixel_volume_backward_kernel(
             tl.store(grad_fill_base + 2 * H * W, (grad_fill_gray * _GRAY_BLUE).to(out_ty), mask=in_range)
 
 
-
-
-def _grid(batch: int, height: int, width: int):
-    return (triton.cdiv(height * width, BLOCK_PIXELS), batch)
-
-
 @triton_op("pvd::pixel_volume", mutates_args={})
 def _pixel_volume_op(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int) -> torch.Tensor:
     batch, image_channels, height, width = image.shape
     out = torch.empty((batch, kernel_size * kernel_size, height, width), device=image.device, dtype=image.dtype)
-    wrap_triton(_pixel_volume_forward_kernel)[_grid(batch, height, width)](
+    wrap_triton(_pixel_volume_forward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         image, flow, fill, out, height, width, *image.stride(), *flow.stride(), *fill.stride(),
         IMAGE_CHANNELS=image_channels, FILL_CHANNELS=fill.shape[1], KERNEL_SIZE=kernel_size,
         ACC=tl_acc_dtype(image.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
@@ -190,7 +183,7 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
                                   dtype=acc)
     grad_fill = torch.empty((batch, fill_channels, height, width) if need_fill_grad else (0,), device=flow.device,
                             dtype=flow.dtype)
-    wrap_triton(_pixel_volume_backward_kernel)[_grid(batch, height, width)](
+    wrap_triton(_pixel_volume_backward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         flow, grad_out, grad_image_gray, grad_fill, height, width, *flow.stride(), *grad_out.stride(),
         FILL_CHANNELS=fill_channels, KERNEL_SIZE=kernel_size, NEED_IMAGE_GRAD=need_image_grad,
         NEED_FILL_GRAD=need_fill_grad, ACC=tl_acc_dtype(flow.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
@@ -250,37 +243,3 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
     if use_triton(image):
         return _pixel_volume_op(image, flow, fill, kernel_size)
     return reference.pixel_volume(image, flow, fill, kernel_size)
-
-
-def _stride_args(*tensors: str) -> dict:
-    """Signature entries of the stride arguments of the given tensor letters, in kernel order."""
-    return {f"stride_{t}{d}": "i32" for t in tensors for d in "bchw"}
-
-
-def compile_specs() -> list[CompileSpec]:
-    """Every kernel/launch configuration pvd launches, for the ahead-of-time compile check.
-
-    All dtypes with RGB and gray inputs at PVDNet's kernel size 5, the backward for each gradient subset;
-    other kernel sizes and mixed RGB/gray inputs are compiled on first use.
-    """
-    specs = []
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        ptr = pointer_type(dtype)
-        acc_ptr = pointer_type(acc_dtype(dtype))
-        for channels in (3, 1):
-            specs.append(CompileSpec(
-                f"pixel_volume_forward_c{channels}", _pixel_volume_forward_kernel, dtype,
-                {"image_ptr": ptr, "flow_ptr": ptr, "fill_ptr": ptr, "out_ptr": ptr, "H": "i32", "W": "i32",
-                 **_stride_args("i", "f", "p")},
-                {"IMAGE_CHANNELS": channels, "FILL_CHANNELS": channels, "KERNEL_SIZE": DEFAULT_KERNEL_SIZE,
-                 "ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
-            for need_image_grad, need_fill_grad in ((True, True), (True, False), (False, True)):
-                specs.append(CompileSpec(
-                    f"pixel_volume_backward_c{channels}_image{int(need_image_grad)}_fill{int(need_fill_grad)}",
-                    _pixel_volume_backward_kernel, dtype,
-                    {"flow_ptr": ptr, "grad_out_ptr": ptr, "grad_image_gray_ptr": acc_ptr, "grad_fill_ptr": ptr,
-                     "H": "i32", "W": "i32", **_stride_args("f", "g")},
-                    {"FILL_CHANNELS": channels, "KERNEL_SIZE": DEFAULT_KERNEL_SIZE,
-                     "NEED_IMAGE_GRAD": need_image_grad, "NEED_FILL_GRAD": need_fill_grad,
-                     "ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}, NUM_WARPS))
-    return specs

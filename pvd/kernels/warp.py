@@ -25,6 +25,13 @@ from ._common import (
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 4
+# The backward runs one pixel per thread (BLOCK_PIXELS == 32 * BACKWARD_WARPS). With more pixels than threads
+# Triton vectorises the unit-stride loads (grad_out, flow) two per thread but keeps the gathered atomics at one
+# per thread, and converts between those layouts through shared memory inside the channel loop (16 block-wide
+# barriers per channel at sm_90a, 111 registers). One pixel per thread gives every load, atomic and the
+# grad_flow accumulator the same layout: no conversion, no barrier in the loop, 40 registers (fp32, sm_90a).
+WARP_SIZE = 32
+BACKWARD_WARPS = BLOCK_PIXELS // WARP_SIZE
 
 
 @triton.jit
@@ -112,7 +119,12 @@ def _warp_backward_kernel(
     stride_gb, stride_gc, stride_gh, stride_gw,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC)."""
+    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC).
+
+    Launch with BLOCK == 32 * num_warps (one pixel per thread; see BACKWARD_WARPS). Taps, weights and masks
+    are set up once; the channel loop loads grad_out and the four taps and scatters four atomics into grad_x;
+    each pixel owns its flow gradient, accumulated in registers and stored once after the loop.
+    """
     pid_pixels = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
@@ -175,7 +187,7 @@ def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tenso
     wrap_triton(_warp_backward_kernel)[_grid(batch, height, width)](
         x, flow, grad_out, grad_x, grad_flow, channels, height, width,
         *x.stride(), *flow.stride(), *grad_out.stride(),
-        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=BACKWARD_WARPS)
     return grad_x.to(x.dtype), grad_flow.to(flow.dtype)
 
 
@@ -233,5 +245,5 @@ def compile_specs() -> list[CompileSpec]:
             "warp_backward", _warp_backward_kernel, dtype,
             {"x_ptr": ptr, "flow_ptr": ptr, "grad_out_ptr": ptr, "grad_x_ptr": acc_ptr, "grad_flow_ptr": acc_ptr,
              "C": "i32", "H": "i32", "W": "i32", **strides, **grad_strides},
-            consts, NUM_WARPS))
+            consts, BACKWARD_WARPS))
     return specs

@@ -382,3 +382,21 @@ def test_out_dtype_gradcheck(device):
 def test_invalid_output_keywords_raise(device, keywords, match):
     with pytest.raises(ValueError, match=match):
         pixel_volume(*_inputs(device), **keywords)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rgb_image_gradient_is_the_gray_gradient_times_each_weight(device, dtype):
+    """d out / d channel = weight x d out / d gray, multiplied in float32 and rounded once to the image dtype
+    (exactly what multiplying the float32 gray gradient by each weight in PyTorch and casting gives)."""
+    batch, height, width, kernel_size = 2, 7, 10, 5
+    flow = random_flow(batch, height, width, device, torch.float32, step=0.5, extreme_fraction=0.1)
+    fill = torch.rand(batch, 3, height, width, device=device) * 2 - 1
+    grad_out = torch.randn(batch, kernel_size ** 2, height, width, device=device).to(dtype).float()  # exact in dtype
+    gray_image = (torch.rand(batch, 1, height, width, device=device) * 2 - 1).requires_grad_()
+    grad_gray, = torch.autograd.grad(pixel_volume(gray_image, flow, fill, kernel_size), gray_image, grad_out)
+    image = (torch.rand(batch, 3, height, width, device=device) * 2 - 1).to(dtype).requires_grad_()
+    grad_image, = torch.autograd.grad(pixel_volume(image, flow.to(dtype), fill.to(dtype), kernel_size), image,
+                                      grad_out.to(dtype))
+    expected = torch.cat([grad_gray * weight for weight in GRAY_WEIGHTS], dim=1).to(dtype)
+    assert grad_image.dtype == dtype and torch.count_nonzero(expected) > 0
+    assert torch.equal(grad_image, expected)

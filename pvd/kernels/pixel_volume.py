@@ -216,6 +216,29 @@ def _pixel_volume_backward_kernel(
 
 
 
+@triton.jit
+def _gray_grad_kernel(
+    grad_gray_ptr, grad_image_ptr,
+    H, W,
+    IMAGE_CHANNELS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """grad_image: contiguous (B, IMAGE_CHANNELS, H, W) in its own dtype, from grad_gray (contiguous
+    (B, 1, H, W), ACC): each channel's gray weight times grad_gray (d gray / d channel), rounded once."""
+    pid_pixels = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < H * W
+    grad = tl.load(grad_gray_ptr + batch * H * W + offs, mask=in_range, other=0.0)
+    out_base = grad_image_ptr + batch * IMAGE_CHANNELS * H * W + offs
+    out_ty = grad_image_ptr.dtype.element_ty
+    if IMAGE_CHANNELS == 1:
+        tl.store(out_base, _round(grad, out_ty), mask=in_range)
+    else:
+        tl.store(out_base, _round(grad * _GRAY_RED, out_ty), mask=in_range)
+        tl.store(out_base + H * W, _round(grad * _GRAY_GREEN, out_ty), mask=in_range)
+        tl.store(out_base + 2 * H * W, _round(grad * _GRAY_BLUE, out_ty), mask=in_range)
+
+
 def _grid(batch: int, height: int, width: int, block: int = BLOCK_PIXELS):
     return (triton.cdiv(height * width, block), batch)
 
@@ -296,10 +319,13 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
         FILL_CHANNELS=fill_channels, KERNEL_SIZE=kernel_size, NEED_IMAGE_GRAD=need_image_grad,
         NEED_FILL_GRAD=need_fill_grad, ACC=tl_acc_dtype(flow.dtype), GRAD_VIA_DTYPE=_via(flow.dtype),
         BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
-    if need_image_grad and image_channels == 3:
-        # d gray / d channel is the channel's gray weight.
-        grad_image_gray = torch.cat([grad_image_gray * weight for weight in reference.GRAY_WEIGHTS], dim=1)
-    return grad_image_gray.to(flow.dtype), grad_fill
+    if not need_image_grad or (image_channels == 1 and flow.dtype == acc):
+        return grad_image_gray, grad_fill
+    grad_image = torch.empty((batch, image_channels, height, width), device=flow.device, dtype=flow.dtype)
+    wrap_triton(_gray_grad_kernel)[_grid(batch, height, width, GRAY_BLOCK)](
+        grad_image_gray, grad_image, height, width, IMAGE_CHANNELS=image_channels, BLOCK=GRAY_BLOCK,
+        num_warps=GRAY_WARPS)
+    return grad_image, grad_fill
 
 
 @_pixel_volume_op.register_fake
@@ -381,6 +407,11 @@ def compile_specs() -> list[CompileSpec]:
             "pixel_volume_gray", _gray_kernel, dtype,
             {"image_ptr": ptr, "gray_ptr": acc_ptr, "H": "i32", "W": "i32", **_stride_args("i")},
             {"ACC": tl_acc_dtype(dtype), "BLOCK": GRAY_BLOCK}, GRAY_WARPS))
+        for channels in (3, 1) if dtype != acc_dtype(dtype) else (3,):
+            specs.append(CompileSpec(
+                f"pixel_volume_gray_grad_c{channels}", _gray_grad_kernel, dtype,
+                {"grad_gray_ptr": acc_ptr, "grad_image_ptr": ptr, "H": "i32", "W": "i32"},
+                {"IMAGE_CHANNELS": channels, "BLOCK": GRAY_BLOCK}, GRAY_WARPS))
         for channels in (3, 1):
             for out_dtype in _OUT_DTYPES.get(dtype, (dtype,)):
                 out_name = "" if out_dtype == dtype else f"_out_{str(out_dtype).removeprefix('torch.')}"

@@ -301,20 +301,23 @@ def test_low_precision_coordinates_beyond_256_pixels(device, dtype):
     torch.testing.assert_close(reference.pixel_volume(image, flow, fill, kernel_size=1), expected, atol=0, rtol=0)
 
 
-def test_gray_computed_once_is_bit_identical_to_reference(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("image_channels", [3, 1])
+def test_gray_computed_once_is_bit_identical_to_reference(device, dtype, image_channels):
     """The RGB image's gray plane is computed once per pixel (not once per candidate) in the same float32
-    operations as the reference, so the volume matches the float32 reference bit for bit."""
+    operations as the reference and rounded once to the output dtype to nearest even, as PyTorch casts: the
+    volume matches the reference bit for bit."""
     batch, height, width, kernel_size = 2, 9, 11, 5
-    image = torch.rand(batch, 3, height, width, device=device) * 2 - 1
-    fill = torch.rand(batch, 3, height, width, device=device) * 2 - 1
-    flow = random_flow(batch, height, width, device, torch.float32, extreme_fraction=0.05)
+    image = (torch.rand(batch, image_channels, height, width, device=device) * 2 - 1).to(dtype)
+    fill = (torch.rand(batch, 3, height, width, device=device) * 2 - 1).to(dtype)
+    flow = random_flow(batch, height, width, device, dtype, step=0.5, extreme_fraction=0.05)
     out = pixel_volume(image, flow, fill, kernel_size)
     expected = reference.pixel_volume(image, flow, fill, kernel_size)
-    assert torch.equal(out, expected)
+    assert out.dtype == dtype and torch.equal(out, expected)
     # Not vacuous: many candidates come from the image, and its gray is not exact in float32.
-    gray_image = reference.to_gray(image)
-    assert torch.isin(out, gray_image).float().mean() > 0.25
-    assert not torch.equal(gray_image.double(), reference.to_gray(image.double()))
+    gray_image = reference.to_gray(image.float())
+    assert torch.isin(out, gray_image.to(dtype)).float().mean() > 0.25
+    assert not torch.equal(gray_image.double(), reference.to_gray(image.double())) or image_channels == 1
 
 
 # (image dtype, out_dtype, channels_last): the autocast outputs PVDNet consumes, and the other combinations.

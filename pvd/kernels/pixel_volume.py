@@ -5,7 +5,12 @@
 - 0 if q is outside the image;
 - else with X0 = trunc(q.x + flow_x[q]) + i, Y0 = trunc(q.y + flow_y[q]) + j (trunc rounds toward zero):
   gray(image)[Y0, X0] if 1 <= X0 <= W-2 and 1 <= Y0 <= H-2 and the flow at q is finite, else gray(fill)[p].
-gray = 0.2989 R + 0.5870 G + 0.1140 B is computed inside the kernels (a 1-channel input is used as is).
+gray = 0.2989 R + 0.5870 G + 0.1140 B in the accumulation dtype (a 1-channel input is used as is).
+
+Kernels: `_gray_kernel` computes the image's gray plane once per pixel; the forward gathers one gray value
+per candidate from it and writes a (pixels x candidates) tile, so that NCHW and channels_last outputs are
+both stored contiguously, in any output dtype (rounded as PyTorch's cast would). The backward scatters
+grad_out into a gray-gradient buffer with atomics and `_gray_grad_kernel` expands it to RGB.
 Differentiable w.r.t. image and fill, not flow. Reference twin: `pvd.kernels.reference.pixel_volume`.
 """
 

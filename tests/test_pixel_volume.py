@@ -231,14 +231,15 @@ def test_low_precision_matches_reference(device, dtype, kernel_size):
         torch.testing.assert_close(a.double(), e, atol=tol, rtol=tol, msg=name)
 
 
-def test_compiles_without_graph_breaks(device):
+@pytest.mark.parametrize("output", [{}, {"out_dtype": torch.bfloat16, "channels_last": True}], ids=["default", "bf16_cl"])
+def test_compiles_without_graph_breaks(device, output):
     backend = "inductor" if device == "cuda" else "eager"
     image = (torch.rand(1, 3, 5, 7, device=device) * 2 - 1).requires_grad_()
     fill = torch.rand(1, 3, 5, 7, device=device) * 2 - 1
     flow = random_flow(1, 5, 7, device, torch.float32)
 
     def step(image, flow, fill):
-        return (pixel_volume(image, flow, fill, 3) * 2).square().sum()
+        return (pixel_volume(image, flow, fill, 3, **output).float() * 2).square().sum()
 
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     loss = compiled(image, flow, fill)

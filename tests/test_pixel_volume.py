@@ -231,7 +231,8 @@ def test_low_precision_matches_reference(device, dtype, kernel_size):
         torch.testing.assert_close(a.double(), e, atol=tol, rtol=tol, msg=name)
 
 
-@pytest.mark.parametrize("output", [{}, {"out_dtype": torch.bfloat16, "channels_last": True}], ids=["default", "bf16_cl"])
+@pytest.mark.parametrize("output", [{}, {"out_dtype": torch.bfloat16, "channels_last": True}],
+                         ids=["default", "bf16_cl"])
 def test_compiles_without_graph_breaks(device, output):
     backend = "inductor" if device == "cuda" else "eager"
     image = (torch.rand(1, 3, 5, 7, device=device) * 2 - 1).requires_grad_()

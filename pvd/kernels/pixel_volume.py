@@ -36,6 +36,7 @@ BLOCK_PIXELS = 256  # backward: pixels per program
 NUM_WARPS = 8
 FORWARD_TILE = 1024  # forward: (pixel, candidate) pairs per program (candidates padded to a power of two)
 FORWARD_WARPS = 8
+FORWARD_TILE_W = 8  # forward: width of the pixel patch of a program (BLOCK // FORWARD_TILE_W rows)
 GRAY_BLOCK = 512
 GRAY_WARPS = 4
 
@@ -132,9 +133,11 @@ def _pixel_volume_forward_kernel(
     stride_ob, stride_oc, stride_oh, stride_ow,
     FILL_CHANNELS: tl.constexpr, KERNEL_SIZE: tl.constexpr, CANDIDATES: tl.constexpr,
     ACC: tl.constexpr, VALUE_DTYPE: tl.constexpr, VIA_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    TILE_W: tl.constexpr,
 ):
-    """One program: BLOCK pixels x all KERNEL_SIZE**2 candidates (CANDIDATES: that count rounded up to a power
-    of two), written as one 2-D tile so that both NCHW and channels_last outputs are stored contiguously.
+    """One program: BLOCK pixels (a BLOCK/TILE_W x TILE_W patch: its neighbours' flows and their targets
+    overlap more than along a row) x all KERNEL_SIZE**2 candidates (CANDIDATES: that count rounded up to a
+    power of two), written as one 2-D tile so that NCHW and channels_last outputs are both stored contiguously.
 
     gray: the 1-channel gray image (the `_gray_kernel` buffer, or a 1-channel image itself); strides g.
     f = flow, p = fill (the original's `pad`), o = out (any layout). Each value is rounded as
@@ -142,12 +145,13 @@ def _pixel_volume_forward_kernel(
     the image-dtype volume to the output dtype in PyTorch.
     """
     HALF: tl.constexpr = KERNEL_SIZE // 2
-    pid_pixels = tl.program_id(0)
+    pid_tile = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
-    offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < H * W
-    py = offs // W
-    px = offs % W
+    tiles_x = tl.cdiv(W, TILE_W)
+    within = tl.arange(0, BLOCK)
+    py = (pid_tile // tiles_x) * (BLOCK // TILE_W) + within // TILE_W
+    px = (pid_tile % tiles_x) * TILE_W + within % TILE_W
+    in_range = (py < H) & (px < W)
     fill_gray = _gray_at(fill_ptr + batch * stride_pb, py * stride_ph + px * stride_pw, stride_pc, in_range,
                          FILL_CHANNELS, ACC)
     channel = tl.arange(0, CANDIDATES)
@@ -267,9 +271,10 @@ def _candidates(kernel_size: int) -> int:
     return triton.next_power_of_2(kernel_size * kernel_size)
 
 
-def _forward_block(kernel_size: int) -> int:
-    """Pixels per forward program: a tile of FORWARD_TILE (pixel, candidate) pairs."""
-    return max(1, FORWARD_TILE // _candidates(kernel_size))
+def _forward_patch(kernel_size: int) -> tuple[int, int]:
+    """(pixels, patch width) of a forward program: FORWARD_TILE (pixel, candidate) pairs per program."""
+    block = max(1, FORWARD_TILE // _candidates(kernel_size))
+    return block, min(block, FORWARD_TILE_W)
 
 
 def _gray_source(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -291,11 +296,12 @@ def _pixel_volume_op(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor
     batch, _, height, width = image.shape
     out = _empty_volume(image, kernel_size, out_dtype, channels_last)
     gray, gray_strides = _gray_source(image)
-    block = _forward_block(kernel_size)
-    wrap_triton(_pixel_volume_forward_kernel)[_grid(batch, height, width, block)](
+    block, tile_w = _forward_patch(kernel_size)
+    tiles = triton.cdiv(width, tile_w) * triton.cdiv(height, block // tile_w)
+    wrap_triton(_pixel_volume_forward_kernel)[(tiles, batch)](
         gray, flow, fill, out, height, width, *gray_strides, *flow.stride(), *fill.stride(), *out.stride(),
         FILL_CHANNELS=fill.shape[1], KERNEL_SIZE=kernel_size, CANDIDATES=_candidates(kernel_size),
-        ACC=tl_acc_dtype(image.dtype), **_store_dtypes(image.dtype, out_dtype), BLOCK=block,
+        ACC=tl_acc_dtype(image.dtype), **_store_dtypes(image.dtype, out_dtype), BLOCK=block, TILE_W=tile_w,
         num_warps=FORWARD_WARPS)
     return out
 
@@ -426,7 +432,8 @@ def compile_specs() -> list[CompileSpec]:
                      "out_ptr": pointer_type(out_dtype), "H": "i32", "W": "i32", **_stride_args("g", dims="bhw"),
                      **_stride_args("f", "p", "o")},
                     {"FILL_CHANNELS": channels, "KERNEL_SIZE": size, "CANDIDATES": _candidates(size),
-                     "ACC": tl_acc_dtype(dtype), **_store_dtypes(dtype, out_dtype), "BLOCK": _forward_block(size)},
+                     "ACC": tl_acc_dtype(dtype), **_store_dtypes(dtype, out_dtype), "BLOCK": _forward_patch(size)[0],
+                     "TILE_W": _forward_patch(size)[1]},
                     FORWARD_WARPS))
                 for need_image_grad, need_fill_grad in ((True, True), (True, False), (False, True)):
                     specs.append(CompileSpec(

@@ -9,8 +9,9 @@ at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 
 `--quick` divides every height and width by QUICK_DIVISOR (the default on CPU). Flows are Gaussian, sigma
 FLOW_SIGMA_PX pixels.
 
-Providers: `pvd` (the Triton op; GPU only), `reference` (pvd.kernels.reference), `grid_sample` (warp through
-F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
+Providers: `pvd` (the Triton op; GPU only; for correlation every kernel design of pvd.kernels.correlation side by
+side, rows labelled `pvd[tiled]` and `pvd[legacy]`), `reference` (pvd.kernels.reference), `grid_sample` (warp
+through F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
 original algorithm, 25 nearest-neighbour grid_sample lookups with zero-padded shifted masks). Every provider's
 forward output is checked against `reference` before it is timed (column `check`).
 
@@ -23,6 +24,8 @@ sheet bandwidth of the GPU (bench/_env.py). Rows are appended to bench/results/k
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import statistics
 import sys
 import time
@@ -39,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
 
 from pvd.kernels import correlation, pixel_volume, reference, warp  # noqa: E402
+
+correlation_module = importlib.import_module("pvd.kernels.correlation")
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "kernels.csv"
 OPS = ("correlation", "warp", "pixel_volume")
@@ -173,6 +178,26 @@ def _flow(batch, height, width, device, dtype, generator) -> torch.Tensor:
     return (FLOW_SIGMA_PX * torch.randn(batch, 2, height, width, generator=generator)).to(device, dtype)
 
 
+def provider_base(name: str) -> str:
+    """'pvd[tiled]' -> 'pvd': the provider a design-labelled provider belongs to."""
+    return name.split("[", 1)[0]
+
+
+def _correlation_with_design(design: str) -> Callable[..., torch.Tensor]:
+    """pvd's correlation run with PVD_CORRELATION_KERNEL=design (the backward keeps the forward's design)."""
+    def run(f1, f2, stride):
+        previous = os.environ.get(correlation_module.KERNEL_ENV)
+        os.environ[correlation_module.KERNEL_ENV] = design
+        try:
+            return correlation(f1, f2, MAX_DISPLACEMENT, stride)
+        finally:
+            if previous is None:
+                del os.environ[correlation_module.KERNEL_ENV]
+            else:
+                os.environ[correlation_module.KERNEL_ENV] = previous
+    return run
+
+
 def correlation_cases(quick: bool) -> list[Case]:
     cases = []
     displacements = (2 * MAX_DISPLACEMENT + 1) ** 2
@@ -191,7 +216,8 @@ def correlation_cases(quick: bool) -> list[Case]:
         backward = BATCH * (displacements * out_h * out_w + 2 * channels * out_h * out_w + 2 * channels * height * width)
         cases.append(Case(
             "correlation", f"L{level} {BATCH}x{channels}x{height}x{width} s{stride}", make,
-            {"pvd": lambda f1, f2, s=stride: correlation(f1, f2, MAX_DISPLACEMENT, s),
+            {**{f"pvd[{name}]": lambda f1, f2, s=stride, run=_correlation_with_design(name): run(f1, f2, s)
+                for name in correlation_module.KERNEL_DESIGNS},
              "reference": lambda f1, f2, s=stride: reference.correlation(f1, f2, MAX_DISPLACEMENT, s)},
             ("f1", "f2"), forward, backward))
     return cases
@@ -321,9 +347,7 @@ def measure_case(case: Case, providers: list[str], modes: list[str], device: tor
     with torch.no_grad():
         expected = case.providers[REFERENCE_PROVIDER](**inputs)
     results = []
-    for provider in providers:
-        if provider not in case.providers:
-            continue
+    for provider in [name for wanted in providers for name in case.providers if provider_base(name) == wanted]:
         fn = case.providers[provider]
         with torch.no_grad():
             max_error, check_ok = _check(fn(**inputs), expected)
@@ -366,7 +390,7 @@ def format_table(results: list[Measurement], peak_gbps: float | None, cpu: bool)
     rows = [header]
     first_seen = {size: index for index, size in reversed(list(enumerate(r.size for r in results)))}
     ordered = sorted(results, key=lambda r: (OPS.index(r.op), first_seen[r.size], MODES.index(r.mode),
-                                             PROVIDERS.index(r.provider)))
+                                             PROVIDERS.index(provider_base(r.provider)), r.provider))
     for r in ordered:
         peak = f"{100 * r.gbps / peak_gbps:.1f}" if peak_gbps else "-"
         rows.append((r.op, r.size, r.mode, r.provider + (" (CPU)" if cpu else ""), f"{r.median_ms:.4g}",

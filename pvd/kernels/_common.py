@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
@@ -112,26 +111,6 @@ def tl_acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
-
-
-def pointer_type(dtype: torch.dtype) -> str:
-    """Triton signature string of a pointer to `dtype` elements, e.g. '*fp32'."""
-    return _POINTER_TYPES[dtype]
-
-
-@dataclass(frozen=True)
-class CompileSpec:
-    """One kernel launch configuration, for compiling ahead of time (`pvd.kernels.compile_check`).
-
-    signature maps each runtime argument to a Triton type ('*fp32', 'i32', ...); constexprs maps each
-    tl.constexpr argument to the value the launcher passes.
-    """
-
-    name: str
-    kernel: object
-    dtype: torch.dtype
-    signature: dict
-    constexprs: dict
-    num_warps: int
-    num_stages: int = 3
+def pixel_grid(batch: int, height: int, width: int, block: int) -> tuple[int, int]:
+    """Launch grid of a kernel with one program per `block` pixels of an (H, W) plane and one per batch item."""
+    return (-(-height * width // block), batch)

@@ -24,10 +24,9 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._common import (
     DEFAULT_KERNEL_SIZE,
-    CompileSpec,
     acc_dtype,
     check_pixel_volume_args,
-    pointer_type,
+    pixel_grid,
     tl_acc_dtype,
     use_triton,
 )
@@ -223,8 +222,6 @@ def _pixel_volume_backward_kernel(
             tl.store(grad_fill_base + 2 * H * W, _round(grad_fill_gray * _GRAY_BLUE, out_ty), mask=in_range)
 
 
-
-
 @triton.jit
 def _gray_grad_kernel(
     grad_gray_ptr, grad_image_ptr,
@@ -246,10 +243,6 @@ def _gray_grad_kernel(
         tl.store(out_base, _round(grad * _GRAY_RED, out_ty), mask=in_range)
         tl.store(out_base + H * W, _round(grad * _GRAY_GREEN, out_ty), mask=in_range)
         tl.store(out_base + 2 * H * W, _round(grad * _GRAY_BLUE, out_ty), mask=in_range)
-
-
-def _grid(batch: int, height: int, width: int, block: int = BLOCK_PIXELS):
-    return (triton.cdiv(height * width, block), batch)
 
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
@@ -284,7 +277,7 @@ def _gray_source(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int
         return image, (image.stride(0), image.stride(2), image.stride(3))
     batch, _, height, width = image.shape
     gray = torch.empty((batch, 1, height, width), device=image.device, dtype=acc_dtype(image.dtype))
-    wrap_triton(_gray_kernel)[_grid(batch, height, width, GRAY_BLOCK)](
+    wrap_triton(_gray_kernel)[pixel_grid(batch, height, width, GRAY_BLOCK)](
         image, gray, height, width, *image.stride(), ACC=tl_acc_dtype(image.dtype), BLOCK=GRAY_BLOCK,
         num_warps=GRAY_WARPS)
     return gray, (gray.stride(0), gray.stride(2), gray.stride(3))
@@ -325,7 +318,7 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
                                   dtype=acc)
     grad_fill = torch.empty((batch, fill_channels, height, width) if need_fill_grad else (0,), device=flow.device,
                             dtype=flow.dtype)
-    wrap_triton(_pixel_volume_backward_kernel)[_grid(batch, height, width)](
+    wrap_triton(_pixel_volume_backward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         flow, grad_out, grad_image_gray, grad_fill, height, width, *flow.stride(), *grad_out.stride(),
         FILL_CHANNELS=fill_channels, KERNEL_SIZE=kernel_size, NEED_IMAGE_GRAD=need_image_grad,
         NEED_FILL_GRAD=need_fill_grad, ACC=tl_acc_dtype(flow.dtype), GRAD_VIA_DTYPE=_via(flow.dtype),
@@ -333,7 +326,7 @@ def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel
     if not need_image_grad or (image_channels == 1 and flow.dtype == acc):
         return grad_image_gray, grad_fill
     grad_image = torch.empty((batch, image_channels, height, width), device=flow.device, dtype=flow.dtype)
-    wrap_triton(_gray_grad_kernel)[_grid(batch, height, width, GRAY_BLOCK)](
+    wrap_triton(_gray_grad_kernel)[pixel_grid(batch, height, width, GRAY_BLOCK)](
         grad_image_gray, grad_image, height, width, IMAGE_CHANNELS=image_channels, BLOCK=GRAY_BLOCK,
         num_warps=GRAY_WARPS)
     return grad_image, grad_fill
@@ -391,58 +384,3 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
     if use_triton(image):
         return _pixel_volume_op(image, flow, fill, kernel_size, out_dtype or image.dtype, channels_last)
     return reference.pixel_volume(image, flow, fill, kernel_size, out_dtype=out_dtype, channels_last=channels_last)
-
-
-def _stride_args(*tensors: str, dims: str = "bchw") -> dict:
-    """Signature entries of the stride arguments of the given tensor letters, in kernel order."""
-    return {f"stride_{t}{d}": "i32" for t in tensors for d in dims}
-
-
-# Output dtypes pvd launches the forward with, per image dtype: its own, and PVDNet's autocast dtypes.
-_OUT_DTYPES = {torch.float32: (torch.float32, torch.bfloat16, torch.float16)}
-
-
-def compile_specs() -> list[CompileSpec]:
-    """Every kernel/launch configuration pvd launches, for the ahead-of-time compile check.
-
-    All dtypes with RGB and gray inputs at PVDNet's kernel size 5 (float32 images also with bfloat16 and
-    float16 outputs and gradients), the backward for each gradient subset; other kernel sizes, output dtypes
-    and mixed RGB/gray inputs are compiled on first use.
-    """
-    specs = []
-    size = DEFAULT_KERNEL_SIZE
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        ptr = pointer_type(dtype)
-        acc_ptr = pointer_type(acc_dtype(dtype))
-        specs.append(CompileSpec(
-            "pixel_volume_gray", _gray_kernel, dtype,
-            {"image_ptr": ptr, "gray_ptr": acc_ptr, "H": "i32", "W": "i32", **_stride_args("i")},
-            {"ACC": tl_acc_dtype(dtype), "BLOCK": GRAY_BLOCK}, GRAY_WARPS))
-        for channels in (3, 1) if dtype != acc_dtype(dtype) else (3,):
-            specs.append(CompileSpec(
-                f"pixel_volume_gray_grad_c{channels}", _gray_grad_kernel, dtype,
-                {"grad_gray_ptr": acc_ptr, "grad_image_ptr": ptr, "H": "i32", "W": "i32"},
-                {"IMAGE_CHANNELS": channels, "BLOCK": GRAY_BLOCK}, GRAY_WARPS))
-        for channels in (3, 1):
-            for out_dtype in _OUT_DTYPES.get(dtype, (dtype,)):
-                out_name = "" if out_dtype == dtype else f"_out_{str(out_dtype).removeprefix('torch.')}"
-                specs.append(CompileSpec(
-                    f"pixel_volume_forward_c{channels}{out_name}", _pixel_volume_forward_kernel, dtype,
-                    {"gray_ptr": acc_ptr if channels == 3 else ptr, "flow_ptr": ptr, "fill_ptr": ptr,
-                     "out_ptr": pointer_type(out_dtype), "H": "i32", "W": "i32", **_stride_args("g", dims="bhw"),
-                     **_stride_args("f", "p", "o")},
-                    {"FILL_CHANNELS": channels, "KERNEL_SIZE": size, "CANDIDATES": _candidates(size),
-                     "ACC": tl_acc_dtype(dtype), **_store_dtypes(dtype, out_dtype), "BLOCK": _forward_patch(size)[0],
-                     "TILE_W": _forward_patch(size)[1]},
-                    FORWARD_WARPS))
-                for need_image_grad, need_fill_grad in ((True, True), (True, False), (False, True)):
-                    specs.append(CompileSpec(
-                        f"pixel_volume_backward_c{channels}{out_name}_image{int(need_image_grad)}"
-                        f"_fill{int(need_fill_grad)}", _pixel_volume_backward_kernel, dtype,
-                        {"flow_ptr": ptr, "grad_out_ptr": pointer_type(out_dtype), "grad_image_gray_ptr": acc_ptr,
-                         "grad_fill_ptr": ptr, "H": "i32", "W": "i32", **_stride_args("f", "g")},
-                        {"FILL_CHANNELS": channels, "KERNEL_SIZE": size, "NEED_IMAGE_GRAD": need_image_grad,
-                         "NEED_FILL_GRAD": need_fill_grad, "ACC": tl_acc_dtype(dtype),
-                         "GRAD_VIA_DTYPE": _via(dtype), "BLOCK": BLOCK_PIXELS},
-                        NUM_WARPS))
-    return specs

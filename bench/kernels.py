@@ -74,6 +74,7 @@ PYRAMID_LEVELS = ((2, 64, 640, 360, 2), (3, 64, 320, 180, 2), (4, 96, 160, 90, 1
                   (6, 192, 40, 23, 1))
 MAX_DISPLACEMENT = 3
 PIXEL_VOLUME_KERNEL = 5
+AUTOCAST_DTYPE = torch.bfloat16  # PVDNet's autocast precision on the GPU
 IMAGE_CHANNELS = 3
 BATCH = 1
 FLOW_SIGMA_PX = 4.0
@@ -184,6 +185,8 @@ class Case:
     forward_elements: int
     backward_elements: int
     notes: dict = field(default_factory=dict)
+    # The case makes its inputs in fixed dtypes (not --dtype) and counts forward/backward_elements in bytes.
+    counts_bytes: bool = False
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -281,12 +284,35 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
     # write the image and fill gradients.
     forward = pixels * (2 * IMAGE_CHANNELS + 2 + volume)
     backward = pixels * (volume + 2 + 2 * IMAGE_CHANNELS)
-    return [Case(
+    plain = Case(
         "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL}", make,
         {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "original_loop": original_loop_pixel_volume},
-        ("image", "fill"), forward, backward)]
+        ("image", "fill"), forward, backward)
+
+    # What PVDNet's first convolution consumes under autocast: float32 frames and flow in, the volume out in
+    # bfloat16 channels_last. pvd emits it directly; the others pay the cast and layout copy after.
+    def make_float32(device, dtype):
+        return make(device, torch.float32)
+
+    to_network = dict(out_dtype=AUTOCAST_DTYPE, channels_last=True)
+
+    def cast_for_network(volume: torch.Tensor) -> torch.Tensor:
+        return volume.to(AUTOCAST_DTYPE).contiguous(memory_format=torch.channels_last)
+
+    in_bytes = torch.empty((), dtype=torch.float32).element_size() * pixels * (2 * IMAGE_CHANNELS + 2)
+    out_bytes = torch.empty((), dtype=AUTOCAST_DTYPE).element_size() * pixels * volume
+    grads_bytes = torch.empty((), dtype=torch.float32).element_size() * pixels * (2 + 2 * IMAGE_CHANNELS)
+    autocast = Case(
+        "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL} -> bf16 channels_last",
+        make_float32,
+        {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL, **to_network),
+         "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL,
+                                                                       **to_network),
+         "original_loop": lambda image, flow, fill: cast_for_network(original_loop_pixel_volume(image, flow, fill))},
+        ("image", "fill"), in_bytes + out_bytes, out_bytes + grads_bytes, counts_bytes=True)
+    return [plain, autocast]
 
 
 CASE_BUILDERS = {"correlation": correlation_cases, "warp": warp_cases, "pixel_volume": pixel_volume_cases}
@@ -342,7 +368,7 @@ def measure_case(case: Case, providers: list[str], modes: list[str], device: tor
                  dtype: torch.dtype) -> list[Measurement]:
     """Check and time every requested provider of `case` in every mode."""
     timer = _time_gpu if device.type == "cuda" else _time_cpu
-    element_bytes = torch.empty((), dtype=dtype).element_size()
+    element_bytes = 1 if case.counts_bytes else torch.empty((), dtype=dtype).element_size()
     inputs = case.make_inputs(device, dtype)
     with torch.no_grad():
         expected = case.providers[REFERENCE_PROVIDER](**inputs)

@@ -87,8 +87,12 @@ def check_correlation_args(f1, f2, max_displacement, stride) -> tuple[int, int]:
     return check_positive_int("max_displacement", max_displacement, minimum=0), check_positive_int("stride", stride)
 
 
-def check_pixel_volume_args(image, flow, fill, kernel_size) -> int:
+def check_pixel_volume_args(image, flow, fill, kernel_size, out_dtype=None, channels_last=False) -> int:
     """Validate the arguments of `pixel_volume`; returns kernel_size as an int."""
+    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"out_dtype must be None or one of float16, bfloat16, float32, float64, got {out_dtype!r}")
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
     check_tensor("image", image, 4, channels=(1, 3))
     check_tensor("flow", flow, 4, channels=2)
     check_tensor("fill", fill, 4, channels=(1, 3))

@@ -24,6 +24,13 @@ from ._common import (
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 4
+# The backward runs one pixel per thread (BLOCK_PIXELS == 32 * BACKWARD_WARPS). With more pixels than threads
+# Triton vectorises the unit-stride loads (grad_out, flow) two per thread but keeps the gathered atomics at one
+# per thread, and converts between those layouts through shared memory inside the channel loop (16 block-wide
+# barriers per channel at sm_90a, 111 registers). One pixel per thread gives every load, atomic and the
+# grad_flow accumulator the same layout: no conversion, no barrier in the loop, 40 registers (fp32, sm_90a).
+WARP_SIZE = 32
+BACKWARD_WARPS = BLOCK_PIXELS // WARP_SIZE
 
 
 @triton.jit
@@ -111,7 +118,12 @@ def _warp_backward_kernel(
     stride_gb, stride_gc, stride_gh, stride_gw,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC)."""
+    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC).
+
+    Launch with BLOCK == 32 * num_warps (one pixel per thread; see BACKWARD_WARPS). Taps, weights and masks
+    are set up once; the channel loop loads grad_out and the four taps and scatters four atomics into grad_x;
+    each pixel owns its flow gradient, accumulated in registers and stored once after the loop.
+    """
     pid_pixels = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
@@ -168,7 +180,7 @@ def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tenso
     wrap_triton(_warp_backward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         x, flow, grad_out, grad_x, grad_flow, channels, height, width,
         *x.stride(), *flow.stride(), *grad_out.stride(),
-        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=BACKWARD_WARPS)
     return grad_x.to(x.dtype), grad_flow.to(flow.dtype)
 
 

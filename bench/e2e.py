@@ -37,7 +37,7 @@ from _env import append_rows, describe_environment, env_columns, print_banner  #
 
 from pvd import weights as pvd_weights  # noqa: E402
 from pvd.nets import DeblurNet  # noqa: E402
-from pvd.pipeline import VideoDeblurrer  # noqa: E402
+from pvd.stream import VideoDeblurrer  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
 MODEL_NAMES = {"pvdnet": "PVDNet", "pvdnet_large": "PVDNet-large"}

@@ -1,5 +1,5 @@
 """pvd.kernels.pixel_volume (Triton; the interpreter on CPU) against the float64 reference and a literal,
-loop-based transcription of the original algorithm (SPEC §1.3)."""
+loop-based transcription of the original algorithm (docs/semantics.md, section 1.3)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pvd.kernels import pixel_volume, reference
 from pvd.kernels._common import use_triton
 
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # SPEC §1.3
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # docs/semantics.md, section 1.3
 # Flow values that overflow an int cast, or are not numbers: each must yield fill (or 0), never a bad read.
 EXTREME_FLOWS = (1e6, -1e6, 1e30, -1e30, float("nan"), float("inf"), float("-inf"))
 
@@ -38,7 +38,7 @@ def random_flow(batch, height, width, device, dtype=torch.float64, step=0.125, e
 
 
 def gray(x):
-    """(B, 3 or 1, H, W) -> (B, H, W) gray, written out from the SPEC."""
+    """(B, 3 or 1, H, W) -> (B, H, W) gray, written out from docs/semantics.md."""
     if x.shape[1] == 1:
         return x[:, 0]
     return GRAY_WEIGHTS[0] * x[:, 0] + GRAY_WEIGHTS[1] * x[:, 1] + GRAY_WEIGHTS[2] * x[:, 2]

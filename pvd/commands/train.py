@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pvd.commands import HELP
 from pvd.training import cli
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train BIMNet or PVDNet from a TOML config",
+    parser = subparsers.add_parser("train", help=HELP["train"],
                                    description="Train BIMNet (stage 1) or PVDNet (stage 2). Under torchrun every "
                                                "process runs the same command.")
     cli.add_arguments(parser)

@@ -36,7 +36,7 @@ import torch
 from . import metrics, video_io
 from ._files import atomic_dir
 from .data import synth
-from .frames import UINT8_MAX, write_png
+from .frames import UINT8_MAX, read_image, write_png
 from .runtime import resolve_device, resolve_precision
 from .stream import VideoDeblurrer
 from .weights import default_weights, load_model
@@ -67,11 +67,8 @@ LABEL_BAR_COLOUR = (32, 32, 32)
 
 def load_photograph() -> np.ndarray:
     """The bundled photograph, RGB uint8 (512, 512, 3)."""
-    data = (resources.files("pvd") / "assets" / PHOTOGRAPH_NAME).read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"bundled photograph {PHOTOGRAPH_NAME} cannot be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    with resources.as_file(resources.files("pvd") / "assets" / PHOTOGRAPH_NAME) as path:
+        return read_image(path)
 
 
 def render_clip(settings: synth.SynthSettings, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], dict]:

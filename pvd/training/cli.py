@@ -8,6 +8,7 @@ process runs the same command; see `loop`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: present in an installed wheel too
@@ -49,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m pvd.training.cli", description="Train BIMNet (stage 1) or PVDNet (stage 2)."))
-    return run(parser.parse_args(argv))
+    """`pvd train ARGS` (errors reported as one line, as every pvd command does)."""
+    from pvd.cli import main as pvd_main
+
+    return pvd_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pvd import kernels
+from pvd.frames import to_unit
 from pvd.nets import step
 
 FLOW_PAIRS = ("bb", "bs", "sb", "ss")  # original names: (source of frame t-1, source of frame t), b blurry, s sharp
@@ -98,7 +99,7 @@ def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: t
                          f"{step.FLOW_SIZE_MULTIPLE} (set data.crop accordingly), got {height}x{width}")
     pairs = check_pairs(pairs)
     curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    levels = bimnet((curr_batch.float() + 1) / 2, (prev_batch.float() + 1) / 2, all_levels=True)
+    levels = bimnet(to_unit(curr_batch.float()), to_unit(prev_batch.float()), all_levels=True)
     finest = F.interpolate(levels[min(levels)].float(), size=(height, width), mode="bilinear", align_corners=False)
     level_flows = {level: _split_pairs(flow, pairs) for level, flow in levels.items()}
     per_pair_levels = {pair: {level: level_flows[level][pair] for level in levels} for pair in pairs}
@@ -125,7 +126,7 @@ def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Te
                                                         pairs)
     else:
         flows = blur_invariant_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    unit_prev, unit_curr = (sharp_prev.float() + 1) / 2, (sharp_curr.float() + 1) / 2
+    unit_prev, unit_curr = to_unit(sharp_prev.float()), to_unit(sharp_curr.float())
     terms = {pair: masked_warp_error(flow, unit_prev, unit_curr) for pair, flow in flows.items()}
     total = torch.stack(list(terms.values())).mean()
     parts = {"flow": total.detach(), **{f"warp_{pair}": term.detach() for pair, term in terms.items()}}

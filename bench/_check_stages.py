@@ -23,7 +23,7 @@ from _check_runner import REPO, Context, write_atomic
 BENCH = REPO / "bench"
 DEMO_WEIGHTS = REPO / "weights" / "pvd_demo.safetensors"
 TEST_FILES = ("tests/test_correlation.py", "tests/test_warp.py", "tests/test_pixel_volume.py",
-              "tests/test_compile_model.py", "tests/test_nets.py", "tests/test_pipeline.py")
+              "tests/test_compile_model.py", "tests/test_nets.py", "tests/test_stream.py", "tests/test_recurrence.py")
 # The dry run: a few tests, in two groups (the real run runs one group per file, side by side).
 DRY_RUN_TEST_GROUPS = (("tests/test_correlation.py::test_triton_path_is_taken",
                         "tests/test_pixel_volume.py::test_triton_path_is_taken",

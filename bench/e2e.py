@@ -47,7 +47,7 @@ from _env import append_rows, describe_environment, env_columns, print_banner  #
 
 from pvd import weights as pvd_weights  # noqa: E402
 from pvd.nets import DeblurNet  # noqa: E402
-from pvd.pipeline import VideoDeblurrer  # noqa: E402
+from pvd.stream import VideoDeblurrer  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
 MODEL_NAMES = {"pvdnet": "PVDNet", "pvdnet_large": "PVDNet-large"}
@@ -76,11 +76,12 @@ def synthetic_clip(count: int, height: int, width: int, device: torch.device, se
 def demo_clip(count: int, height: int, width: int,
               device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The blurry and sharp frames (1, 3, H, W) in [-1, 1] of `pvd demo`'s clip rendered at H x W."""
-    from pvd import demo, pipeline
+    from pvd import demo
+    from pvd.frames import frame_to_tensor
 
     blurry, sharp, _ = demo.render_clip(demo.demo_settings(count, (height, width)), DEMO_CLIP_SEED)
-    return ([pipeline.frame_to_tensor(frame, device) for frame in blurry],
-            [pipeline.frame_to_tensor(frame, device) for frame in sharp])
+    return ([frame_to_tensor(frame, device) for frame in blurry],
+            [frame_to_tensor(frame, device) for frame in sharp])
 
 
 def build_model(name: str, weights: str | None) -> DeblurNet:

@@ -22,20 +22,28 @@ from pathlib import Path
 
 import torch
 
-from pvd import metrics, pipeline
+from pvd import metrics
+from pvd._files import atomic_file
 from pvd.data import datasets
+from pvd.frames import to_unit
+from pvd.nets import ZeroFlowModel, run_clip
+from pvd.nets.step import estimate_flow
+from pvd.runtime import resolve_device
 from pvd.training.losses import end_point_error
+from pvd.weights import DEFAULT_WEIGHTS, load_model
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1) / 2).clamp(0, 1)
+    return to_unit(x, clamp=True)
 
 
 @torch.inference_mode()
 def measure(data_root: str, weights: str, device: str = "auto", limit_videos: int | None = None) -> dict:
-    device = pipeline.resolve_device(device)
-    model = pipeline.load_model(weights, device=device)
-    ablation = pipeline.ZeroFlowModel(model)
+    """The numbers of the module docstring, averaged over frames 2..N of every video. The clips are deblurred
+    by `pvd.nets.run_clip` (the recurrence every user of the model shares: unclamped outputs fed back)."""
+    device = resolve_device(device)
+    model = load_model(weights, device=device)
+    ablation = ZeroFlowModel(model)
     videos = datasets.list_videos(data_root)[:limit_videos]
     sums: dict[str, list[float]] = {key: [] for key in (
         "psnr_blurry", "ssim_blurry", "psnr_deblurred", "ssim_deblurred", "psnr_zero_flow_pv",
@@ -46,18 +54,15 @@ def measure(data_root: str, weights: str, device: str = "auto", limit_videos: in
             raise ValueError(f"{video.name}: needs sharp frames and ground-truth flow (a `pvd synth` data set)")
         blurry = [datasets.read_frame(p).unsqueeze(0).to(device) for p in video.blurry]
         sharp = [datasets.read_frame(p).unsqueeze(0).to(device) for p in video.sharp]
-        last = len(blurry) - 1
-        outputs = {"deblurred": blurry[0], "zero_flow_pv": blurry[0]}
-        for t in range(len(blurry)):
-            prev, curr, next_ = blurry[max(t - 1, 0)], blurry[t], blurry[min(t + 1, last)]
-            for name, net in (("deblurred", model), ("zero_flow_pv", ablation)):
-                outputs[name] = pipeline.deblur_step(net, prev, curr, next_, outputs[name]).clamp(-1, 1)
+        clips = zip(run_clip(model, blurry), run_clip(ablation, blurry), strict=True)
+        for (t, curr, deblurred), (_, _, zero_flow_pv) in clips:
             if t == 0:  # the paper's protocol scores frames 2..N
                 continue
+            outputs = {"deblurred": deblurred, "zero_flow_pv": zero_flow_pv}
             truth = torch.from_numpy(datasets.read_flow(video.flow[t])).unsqueeze(0).to(device)
-            flow = pipeline.estimate_flow(model.bimnet, sharp[t], sharp[t - 1])
+            flow = estimate_flow(model.bimnet, sharp[t], sharp[t - 1])
             sums["epe_bimnet"].append(float(end_point_error(flow, truth)))
-            blurry_flow = pipeline.estimate_flow(model.bimnet, blurry[t], blurry[t - 1])
+            blurry_flow = estimate_flow(model.bimnet, blurry[t], blurry[t - 1])
             sums["epe_bimnet_blurry"].append(float(end_point_error(blurry_flow, truth)))
             sums["epe_zero_flow"].append(float(end_point_error(torch.zeros_like(truth), truth)))
             reference = _unit(sharp[t])
@@ -88,7 +93,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_root")
-    parser.add_argument("--weights", default=str(pipeline.DEFAULT_WEIGHTS))
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit-videos", type=int, default=None)
     parser.add_argument("-o", "--output", default=None, help="folder for measure.json")
@@ -98,11 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{result['frames_scored']} frames of {result['videos']} videos on {result['device']} "
           f"in {result['seconds']} s")
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        temp = out / ".measure.json.tmp"
-        temp.write_text(json.dumps(result, indent=2) + "\n")
-        temp.replace(out / "measure.json")
+        with atomic_file(Path(args.output) / "measure.json") as temporary:
+            temporary.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

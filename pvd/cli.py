@@ -1,7 +1,9 @@
-"""`pvd` command line: a thin layer over the Python API.
+"""`pvd` command line: a thin layer over the Python API, and the one place that prints errors and warnings.
 
 Each sub-command lives in `pvd/commands/<name>.py`, which defines `add_parser(subparsers)`; the parser it
 adds sets `func(args) -> int`. Modules are imported only when their command runs, so `pvd --help` is fast.
+Every command reports bad input the same way: a ValueError or OSError from the API becomes one line on
+stderr, `pvd <command>: error: <message>`, and exit status 1; warnings print as `pvd <command>: warning: ...`.
 """
 
 from __future__ import annotations
@@ -9,18 +11,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from contextlib import contextmanager
 
 from . import __version__
+from .commands import HELP
 
-COMMANDS = {
-    # name: (module, one-line help)
-    "synth": ("pvd.commands.synth", "render synthetic blurry videos with sharp frames and ground-truth flow"),
-    "deblur": ("pvd.commands.deblur", "deblur a video file, a frame folder, or a folder of those"),
-    "convert": ("pvd.commands.convert", "convert an original PVDNet .pytorch checkpoint to pvd safetensors"),
-    "eval": ("pvd.commands.eval", "score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)"),
-    "train": ("pvd.commands.train", "train BIMNet (stage 1) or PVDNet (stage 2) from a TOML config"),
-    "demo": ("pvd.commands.demo", "deblur a short blurry clip of a bundled photograph and score it (demo_out/)"),
-}
+MODULES = {name: f"pvd.commands.{name}" for name in HELP}
+
+
+@contextmanager
+def _one_line_warnings(prog: str):
+    """Warnings shown while a command runs print as one line naming the command (no source line)."""
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"pvd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv else None
-    for name, (module, help_text) in COMMANDS.items():
+    for name, module in MODULES.items():
         if name == chosen:
             importlib.import_module(module).add_parser(subparsers)
         else:
-            subparsers.add_parser(name, help=help_text)
+            subparsers.add_parser(name, help=HELP[name])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    prog = f"pvd {args.command}"
+    try:
+        with _one_line_warnings(prog):
+            return int(args.func(args) or 0)
+    except (ValueError, OSError) as error:  # bad input or options, unreadable input, unwritable output
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The clip is rendered in memory by the synthetic-blur generator (`pvd.data.synth.render_video`: a camera
 shaking over `pvd/assets/astronaut.jpg`, blurry frames averaged over the exposure in linear light, sharp
-frames at mid-exposure), deblurred with the bundled weights (`pvd.pipeline.DEFAULT_WEIGHTS`), and scored
+frames at mid-exposure), deblurred with the bundled weights (`pvd.weights.DEFAULT_WEIGHTS`), and scored
 against its sharp frames with the plain protocol of `pvd eval` (whole-frame RGB PSNR; SSIM with the 7x7
 uniform window), for the blurry input and for the output.
 
@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import resources
@@ -36,9 +33,13 @@ import cv2
 import numpy as np
 import torch
 
-from . import metrics, pipeline, video_io
-from ._files import default_permissions
+from . import metrics, video_io
+from ._files import atomic_dir
 from .data import synth
+from .frames import UINT8_MAX, read_image, write_png
+from .runtime import resolve_device, resolve_precision
+from .stream import VideoDeblurrer
+from .weights import default_weights, load_model
 
 PHOTOGRAPH_NAME = "astronaut.jpg"
 DEFAULT_OUT_DIR = "demo_out"
@@ -64,25 +65,10 @@ LABEL_THICKNESS = 1
 LABEL_COLOUR = (255, 255, 255)  # RGB
 LABEL_BAR_COLOUR = (32, 32, 32)
 
-UNTRAINED_WARNING = ("RANDOM (UNTRAINED) WEIGHTS: the 'deblurred' frames and their scores are MEANINGLESS; "
-                     "this run only exercises the pipeline")
-
-
-def missing_weights_message() -> str:
-    """What to say when the bundled weights are absent and random ones were not allowed."""
-    return (f"the demo weights {pipeline.DEFAULT_WEIGHTS} do not exist (they are trained separately and may not "
-            f"have been added yet). Run `pvd demo --weights PATH` with a pvd checkpoint of the full model, or "
-            f"`pvd demo --allow-untrained` to run the pipeline with seeded random weights (the results are then "
-            f"meaningless)")
-
-
 def load_photograph() -> np.ndarray:
     """The bundled photograph, RGB uint8 (512, 512, 3)."""
-    data = (resources.files("pvd") / "assets" / PHOTOGRAPH_NAME).read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"bundled photograph {PHOTOGRAPH_NAME} cannot be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    with resources.as_file(resources.files("pvd") / "assets" / PHOTOGRAPH_NAME) as path:
+        return read_image(path)
 
 
 def render_clip(settings: synth.SynthSettings, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
@@ -99,7 +85,7 @@ def render_clip(settings: synth.SynthSettings, seed: int) -> tuple[list[np.ndarr
 def _as_unit_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
     """RGB uint8 frames (H, W, 3) -> (T, 3, H, W) float64 in [0, 1]."""
     stacked = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    return stacked.to(torch.float64) / pipeline.UINT8_MAX
+    return stacked.to(torch.float64) / UINT8_MAX
 
 
 def score(frames: Sequence[np.ndarray], sharp: Sequence[np.ndarray]) -> dict[str, list[float]]:
@@ -142,15 +128,10 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndar
     return np.concatenate(columns, axis=1)
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
-
-
 def _write_frames(folder: Path, frames: Sequence[np.ndarray]) -> None:
     folder.mkdir()
     for index, frame in enumerate(frames):
-        _write_png(folder / f"{index:05d}.png", frame)
+        write_png(folder / f"{index:05d}.png", frame)
 
 
 def demo_settings(frames: int, size: tuple[int, int]) -> synth.SynthSettings:
@@ -169,9 +150,9 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT_DIR, weights: str | os.Pat
              precision: str = "auto", progress: bool = False) -> dict:
     """Render, deblur and score the demo clip; write `out_dir` (see the module docstring); return the results.
 
-    weights: a pvd checkpoint of the full model; default `pipeline.DEFAULT_WEIGHTS`. When that is missing:
-    `pipeline.UntrainedModelError` (a ValueError), unless allow_untrained (seeded random weights, with a
-    warning; results["untrained"] is then True). device: 'auto' | 'cpu' | 'cuda'. size: (height, width).
+    weights: a checkpoint of the full model; default `pvd.weights.DEFAULT_WEIGHTS`. When that is missing:
+    `pvd.weights.UntrainedModelError` (a ValueError), unless allow_untrained (seeded random weights, with
+    `load_model`'s warning; results["untrained"] is then True). device: 'auto' | 'cpu' | 'cuda'. size: (height, width).
     An existing out_dir raises ValueError unless overwrite; nothing is written before everything succeeded.
 
     Returns a dict: out_dir, files, device, weights, untrained, frames, height, width, seed, photograph,
@@ -186,21 +167,15 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT_DIR, weights: str | os.Pat
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    dev = pipeline.resolve_device(device)
-    pipeline.resolve_precision(precision, dev)
-    untrained = weights is None and not pipeline.DEFAULT_WEIGHTS.is_file()
-    if untrained and not allow_untrained:
-        raise pipeline.UntrainedModelError(missing_weights_message())
-    if untrained:
-        warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
-    with warnings.catch_warnings():  # load_model's own untrained-weights warning: said just above
-        warnings.simplefilter("ignore", UserWarning)
-        model = pipeline.load_model(weights, device=dev, allow_untrained=allow_untrained)
-    weights_used = None if untrained else str(Path(weights) if weights is not None else pipeline.DEFAULT_WEIGHTS)
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    weights_used = Path(weights) if weights is not None else default_weights()
+    untrained = weights_used is None
+    model = load_model(weights, device=dev, allow_untrained=allow_untrained)
 
     blurry, sharp, info = render_clip(settings, seed)
     deblur_start = time.perf_counter()
-    deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision)
+    deblurrer = VideoDeblurrer(model, device=dev, precision=precision)
     outputs = deblurrer.run(blurry)
     if progress:
         from tqdm import tqdm
@@ -220,7 +195,7 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT_DIR, weights: str | os.Pat
         "files": {"blurry": BLURRY_FOLDER, "sharp": SHARP_FOLDER, "deblurred": DEBLURRED_FOLDER,
                   "video": VIDEO_FILE, "side_by_side": SIDE_BY_SIDE_FILE, "results": RESULTS_FILE},
         "device": str(dev),
-        "weights": weights_used,
+        "weights": None if untrained else str(weights_used),
         "untrained": untrained,
         "frames": frames,
         "height": settings.height,
@@ -244,27 +219,12 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT_DIR, weights: str | os.Pat
 def _write_output(out: Path, overwrite: bool, blurry, sharp, deblurred, comparison, results: dict,
                   start: float) -> None:
     """Write every file into a temporary sibling of `out`, then rename it to `out` (replacing it if allowed)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    default_permissions(temporary)
-    try:
+    with atomic_dir(out, overwrite=overwrite) as temporary:
         _write_frames(temporary / BLURRY_FOLDER, blurry)
         _write_frames(temporary / SHARP_FOLDER, sharp)
         with video_io.VideoWriter(temporary / DEBLURRED_FOLDER, temporary / VIDEO_FILE, fps=FPS) as writer:
             for frame in deblurred:
                 writer.write(frame)
-        _write_png(temporary / SIDE_BY_SIDE_FILE, comparison)
+        write_png(temporary / SIDE_BY_SIDE_FILE, comparison)
         results["seconds"] = time.perf_counter() - start
         (temporary / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-        if out.exists():
-            if not overwrite:
-                raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(temporary, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise

@@ -3,7 +3,7 @@
     evaluate(data_root, output_dir, weights=..., ...) -> summary dict
 
 For every video of a DVD / GoPro / synthetic data set (`pvd.data.datasets`, layouts "dvd" and "gopro"),
-the model deblurs the frames in order (`pvd.pipeline.VideoDeblurrer`) and each output is scored against
+the model deblurs the frames in order (the clip recurrence of `pvd.nets.step`) and each output is scored against
 its sharp frame with `pvd.metrics.frame_scores`:
 - plain PSNR / SSIM: the original Python evaluation (whole frame, RGB, float output as it is);
 - aligned PSNR / SSIM: the paper's MATLAB protocol (16-pixel border crop, least-squares intensity scale,
@@ -28,14 +28,13 @@ Outputs in `output_dir` (each written to a temporary name, then renamed):
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import csv
 import datetime
 import itertools
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,9 +43,14 @@ import torch
 
 import pvd
 
-from . import metrics, pipeline
-from ._files import default_permissions
+from . import metrics
+from ._files import atomic_file
 from .data import datasets
+from .frames import to_unit
+from .nets import ZeroFlowModel
+from .nets.step import Recurrence, bound_step, place
+from .runtime import resolve_device, resolve_precision
+from .weights import default_weights, load_model
 
 SCORE_KEYS = ("psnr", "ssim", "psnr_aligned", "ssim_aligned")
 INPUT_PREFIX = "input_"  # the same scores of the blurry input frame
@@ -90,18 +94,6 @@ def _videos_with_ground_truth(data_root: Path, layout: str | None, blurry_folder
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    default_permissions(temporary)
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -171,25 +163,26 @@ def markdown_summary(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames, limit_frames: int | None,
+def _score_video(recurrence: Recurrence, video: datasets.VideoFrames, limit_frames: int | None,
                  device: torch.device, score_options: dict, progress: bool) -> Iterable[dict]:
     """Deblur one video and yield a score row per frame, in order."""
     from tqdm import tqdm
 
     frame_count = len(video) if limit_frames is None else min(len(video), limit_frames)
-    pending: collections.deque = collections.deque()  # (index, name, blurry, sharp) awaiting their output
-    deblurrer.reset()
+    pending: dict[int, tuple[str, torch.Tensor]] = {}  # index -> (name, sharp) awaiting the output
+    recurrence.reset()
 
-    def scored(output: torch.Tensor, seconds: float) -> dict:
-        index, name, blurry, sharp = pending.popleft()
+    def scored(result, seconds: float) -> dict:
+        index, blurry, output = result
+        name, sharp = pending.pop(index)
         height, width = output.shape[-2:]
-        result = (output + 1) / 2  # [-1, 1] -> [0, 1], not clamped (the Python evaluation scores it as is)
-        truth = (sharp[..., :height, :width].to(device).unsqueeze(0) + 1) / 2
-        given = (blurry[..., :height, :width] + 1) / 2
+        truth = to_unit(sharp[..., :height, :width].to(device).unsqueeze(0))
         row = {"video": video.name, "frame": name, "index": index, "seconds": seconds}
-        row.update({key: value.item() for key, value in metrics.frame_scores(result, truth, **score_options).items()})
-        row.update({INPUT_PREFIX + key: value.item()
-                    for key, value in metrics.frame_scores(given, truth, **score_options).items()})
+        # The output is scored as it is, not clamped (the Python evaluation does so).
+        row.update({key: value.item() for key, value in metrics.frame_scores(to_unit(output), truth,
+                                                                             **score_options).items()})
+        row.update({INPUT_PREFIX + key: value.item() for key, value in metrics.frame_scores(
+            to_unit(blurry[..., :height, :width]), truth, **score_options).items()})
         broken = [key for key in SCORE_KEYS + INPUT_SCORE_KEYS if math.isnan(row[key])]
         if broken:
             source = "input frame" if all(key.startswith(INPUT_PREFIX) for key in broken) else "output"
@@ -197,23 +190,25 @@ def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames
                              f"it holds non-finite values")
         return row
 
-    with tqdm(total=frame_count, unit="frame", desc=video.name, disable=not progress, dynamic_ncols=True) as bar:
-        for pair in itertools.islice(datasets.iter_frames(video), frame_count):
-            blurry = pair.blurry.to(device).unsqueeze(0)
-            pending.append((pair.index, pair.name, blurry, pair.sharp))
-            _synchronize(device)
-            start = time.perf_counter()
-            output = deblurrer.push(blurry)
-            _synchronize(device)
-            if output is not None:
-                yield scored(output, time.perf_counter() - start)
-                bar.update(1)
-        start = time.perf_counter()
-        output = deblurrer.flush()
+    def timed(step, *args):
         _synchronize(device)
-        if output is not None:
-            yield scored(output, time.perf_counter() - start)
-            bar.update(1)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            result = step(*args)
+        _synchronize(device)
+        return result, time.perf_counter() - start
+
+    with tqdm(total=frame_count, unit="frame", desc=video.name, disable=not progress, dynamic_ncols=True) as bar:
+        frames = itertools.islice(datasets.iter_frames(video), frame_count)
+        for pair in itertools.chain(frames, [None]):
+            if pair is None:
+                result, seconds = timed(recurrence.flush)
+            else:
+                pending[pair.index] = (pair.name, pair.sharp)
+                result, seconds = timed(recurrence.push, pair.blurry.to(device).unsqueeze(0))
+            if result is not None:
+                yield scored(result, seconds)
+                bar.update(1)
 
 
 def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, model=None,
@@ -225,12 +220,13 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              protocol: str = "default") -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
-    model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
+    model: a loaded `pvd.nets.DeblurNet`, else `pvd.weights.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
-    evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.ZeroFlowModel`; the
+    evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pvd.nets.ZeroFlowModel`; the
     pixel-volume ablation). protocol "paper" overrides precision, size_policy and plain_ssim_window with the
-    original Python evaluation's conditions (`PROTOCOLS`). Returns the summary (as in summary.json). Raises ValueError for a data set
+    original Python evaluation's conditions (`PROTOCOLS`). Returns the summary (as in summary.json). Raises
+    ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
@@ -253,53 +249,51 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     if existing and not overwrite:
         raise ValueError(f"{output_dir} already holds {', '.join(existing)} (use overwrite=True / --overwrite)")
 
-    dev = pipeline.resolve_device(device)
-    pipeline.resolve_precision(precision, dev)
+    dev = resolve_device(device)
+    autocast_dtype = resolve_precision(precision, dev)
     weights_used = str(weights) if weights is not None else None
     if model is None:
-        model = pipeline.load_model(weights, device=dev, allow_untrained=allow_untrained, large=large)
+        model = load_model(weights, device=dev, allow_untrained=allow_untrained, large=large)
         if weights is None:
-            default = pipeline.DEFAULT_WEIGHTS
-            weights_used = str(default) if default.is_file() else "random (untrained) weights"
+            weights_used = str(default_weights() or "random (untrained) weights")
     if zero_flow:
-        model = pipeline.ZeroFlowModel(model)
-    deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
+        model = ZeroFlowModel(model)
+    model = place(model, dev)
+    recurrence = Recurrence(bound_step(model, size_policy, autocast_dtype))
     score_options = {"border": border, "plain_ssim_window": plain_ssim_window}
 
     created_output_dir = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
     rows_by_video: dict[str, list[dict]] = {}
-    handle, scores_temporary = tempfile.mkstemp(prefix=f".{SCORES_NAME}.", suffix=".tmp", dir=output_dir)
-    default_permissions(scores_temporary)
     try:
-        with os.fdopen(handle, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for video in videos:
-                rows = rows_by_video.setdefault(video.name, [])
-                for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress):
-                    rows.append(row)
-                    writer.writerow({key: row[key] for key in CSV_COLUMNS})
-                    file.flush()
-        summary = {
-            "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
-            "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
-            "settings": {
-                "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
-                "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
-                "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
-                "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
-                "limit_frames": limit_frames,
-                "pvd_version": pvd.__version__, "torch_version": torch.__version__,
-                "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            },
-        }
-        _write_atomically(output_dir / SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        _write_atomically(output_dir / SUMMARY_MD_NAME, markdown_summary(summary))
-        os.replace(scores_temporary, output_dir / SCORES_NAME)
+        with contextlib.ExitStack() as outputs:
+            scores_path = outputs.enter_context(atomic_file(output_dir / SCORES_NAME))
+            with scores_path.open("w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+                writer.writeheader()
+                for video in videos:
+                    rows = rows_by_video.setdefault(video.name, [])
+                    for row in _score_video(recurrence, video, limit_frames, dev, score_options, progress):
+                        rows.append(row)
+                        writer.writerow({key: row[key] for key in CSV_COLUMNS})
+                        file.flush()
+            summary = {
+                "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
+                "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
+                "settings": {
+                    "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
+                    "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
+                    "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
+                    "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
+                    "limit_frames": limit_frames,
+                    "pvd_version": pvd.__version__, "torch_version": torch.__version__,
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                },
+            }
+            for name, text in ((SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n"),
+                               (SUMMARY_MD_NAME, markdown_summary(summary))):
+                outputs.enter_context(atomic_file(output_dir / name)).write_text(text)
     except BaseException:
-        Path(scores_temporary).unlink(missing_ok=True)
-        if created_output_dir and not any(output_dir.iterdir()):
-            output_dir.rmdir()  # a failed run leaves nothing behind
+        if created_output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a failed run leaves no empty output folder behind
         raise
     return summary

@@ -5,8 +5,9 @@ Inputs (`find_videos`):
 - a folder of frames (`.png`, `.jpg`, `.jpeg`, sorted naturally: `2.png` before `10.png`);
 - a folder of such folders (and/or video files): one video per entry, in natural order.
 
-Frames are streamed as RGB numpy arrays (H, W, 3), uint8, or uint16 for 16-bit PNGs; gray and RGBA inputs are
-converted to RGB with a warning. Bad input raises `VideoError` (a ValueError) naming the file: missing path,
+Frames are streamed as RGB numpy arrays (H, W, 3), uint8, or uint16 for 16-bit PNGs, decoded by
+`pvd.frames.read_image` (gray and RGBA inputs are converted to RGB with a warning). Bad input raises
+`VideoError` (a ValueError) naming the file: missing path,
 unreadable or corrupt frame, frame sizes differing inside one video, empty folder.
 
 Outputs (`VideoWriter`) are written under temporary names next to their destination and renamed into place when
@@ -27,15 +28,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .frames import FrameError, read_image, to_8_bit, to_rgb
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 30.0  # frame rate given to mp4 outputs of frame folders, which carry none
 MP4_FOURCC = "mp4v"
-UINT16_TO_UINT8 = 257.0  # 65535 / 255
 
 
-class VideoError(ValueError):
-    """Bad video input or output; the message names the offending file."""
+VideoError = FrameError  # bad video input or output (a ValueError); the message names the offending file
 
 
 def natural_key(name: str) -> list:
@@ -53,42 +54,6 @@ def _is_image(path: Path) -> bool:
 
 def _is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and _visible(path)
-
-
-def _to_rgb(frame: np.ndarray, source: Path, warned: set) -> np.ndarray:
-    """OpenCV frame (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA, uint8/uint16 -> (H, W, 3) RGB, same dtype."""
-    if frame.dtype not in (np.uint8, np.uint16):
-        raise VideoError(f"{source}: unsupported pixel type {frame.dtype} (8- or 16-bit frames only)")
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[:, :, 0]
-    if frame.ndim == 2:
-        if "gray" not in warned:
-            warnings.warn(f"{source}: gray frames converted to RGB", stacklevel=3)
-            warned.add("gray")
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        if "alpha" not in warned:
-            warnings.warn(f"{source}: RGBA frames converted to RGB (alpha dropped)", stacklevel=3)
-            warned.add("alpha")
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
-    if frame.ndim == 3 and frame.shape[2] == 3:
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    raise VideoError(f"{source}: unsupported frame shape {frame.shape}")
-
-
-def read_image(path: str | os.PathLike, warned: set | None = None) -> np.ndarray:
-    """One image file -> RGB (H, W, 3) uint8 or uint16. Raises VideoError if missing, unreadable or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: no such frame file")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise VideoError(f"{path}: cannot read frame ({error})") from error
-    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if frame is None:
-        raise VideoError(f"{path}: corrupt or unreadable image")
-    return _to_rgb(frame, path, set() if warned is None else warned)
 
 
 @dataclass(frozen=True)
@@ -152,7 +117,7 @@ class Video:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                frame = _to_rgb(frame, self.path, warned)
+                frame = to_rgb(frame, self.path, warned)
                 self._check_size(frame, f"{self.path} (frame {decoded})")
                 decoded += 1
                 yield frame
@@ -237,13 +202,6 @@ def _single_image_video(path: Path) -> Video:
 
 
 # ----------------------------------------------------------------------------------------------------------- output
-
-
-def to_uint8(frame: np.ndarray) -> np.ndarray:
-    """uint16 frame -> uint8 (rounded); uint8 returned as is."""
-    if frame.dtype == np.uint8:
-        return frame
-    return np.clip(np.rint(frame.astype(np.float32) / UINT16_TO_UINT8), 0, 255).astype(np.uint8)
 
 
 def _temporary_sibling(final: Path, suffix: str = "") -> Path:
@@ -333,7 +291,7 @@ class VideoWriter:
                                             (width, height))
                 if not self._mp4.isOpened():
                     raise VideoError(f"{self.video_path}: OpenCV cannot open an mp4 ({MP4_FOURCC}) writer")
-            self._mp4.write(to_uint8(bgr))
+            self._mp4.write(to_8_bit(bgr))
         self.count += 1
 
     def _even_size(self, frame: np.ndarray) -> np.ndarray:

@@ -8,7 +8,10 @@ A pvd checkpoint is a safetensors file of the model's state dict with string met
 
 API:
     save(model, path, config=None)                 write atomically (temp name, then rename)
-    load(path, device="cpu", architecture=None)    -> model in eval mode, strictly checked
+    load_model(weights=None, device="cpu", allow_untrained=False, large=False)
+                                                   -> the full model for deblurring (default: DEFAULT_WEIGHTS)
+    load_network(path, expect=None, device="cpu")  -> a network from a pvd or an original checkpoint
+    load(path, device="cpu", architecture=None)    -> model in eval mode, strictly checked (pvd files only)
     load_into(model, path)                         fill an existing model, strictly checked
     load_state_dict_file(path, device="cpu")       -> Checkpoint(architecture, state_dict, config, pvd_version)
     build(architecture, state_dict=None)           -> model for `architecture` (loaded strictly if given)
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +34,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pvd
-from pvd._files import default_permissions
+from pvd._files import atomic_file
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
+from pvd.runtime import resolve_device
 
 FORMAT = "pvd"
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -54,6 +58,21 @@ ORIGINAL_LARGE_MARKER = "RBs.12.0.weight"
 LARGE_MARKER = "pvdnet.res_blocks.12.0.weight"  # the same inside a pvd DeblurNet state dict
 # How many names an error message lists before summarising.
 MAX_LISTED = 8
+ORIGINAL_SUFFIXES = (".pytorch", ".pth", ".pt")  # torch pickles of the original repository
+# The bundled demo weights: weights/ of a source checkout, else the copy an installed wheel carries in pvd/assets
+# (in the repository pvd/assets/pvd_demo.safetensors is a link to weights/pvd_demo.safetensors).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY_WEIGHTS = PACKAGE_ROOT / "weights" / "pvd_demo.safetensors"
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "assets" / "pvd_demo.safetensors"
+DEFAULT_WEIGHTS = REPOSITORY_WEIGHTS if REPOSITORY_WEIGHTS.is_file() else PACKAGED_WEIGHTS
+UNTRAINED_WARNING = ("running with random (UNTRAINED) weights: the output is not deblurred and its scores are "
+                     "MEANINGLESS; this run only exercises the pipeline")
+# What `load_network(expect=...)` accepts: the architectures whose network holds the one wanted.
+EXPECTED = {"bimnet": BIMNet, "pvdnet": PVDNet, "pvdnet_large": PVDNetLarge, "deblurnet": DeblurNet}
+
+
+class UntrainedModelError(ValueError):
+    """No trained weights were found and random ones were not allowed."""
 
 
 @dataclass
@@ -90,17 +109,72 @@ def save(model: nn.Module, path: str | os.PathLike, config=None) -> Path:
     metadata = {"format": FORMAT, "architecture": architecture, "config": config_text,
                 "pvd_version": pvd.__version__}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        default_permissions(temp_name)  # after save_file, which writes the file 0600
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary:
+        save_file(tensors, temporary, metadata=metadata)
     return path
+
+
+def default_weights() -> Path | None:
+    """DEFAULT_WEIGHTS when that file exists, else None (no trained weights are bundled)."""
+    return DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
+
+
+def load_model(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+               allow_untrained: bool = False, large: bool = False) -> DeblurNet:
+    """The full model for deblurring, in eval mode on `device`: from `weights` (a pvd checkpoint or an
+    original full-model checkpoint), else from DEFAULT_WEIGHTS if present.
+
+    Without any weights file raises UntrainedModelError, unless allow_untrained: then a randomly initialised
+    `DeblurNet(large=large)` (seeded, so runs repeat) is returned with a UserWarning (UNTRAINED_WARNING; the
+    one place that warns about untrained weights).
+    """
+    device = resolve_device(device)
+    path = Path(weights) if weights is not None else default_weights()
+    if path is not None:
+        return load_network(path, expect="deblurnet", device=device)
+    if not allow_untrained:
+        raise UntrainedModelError(
+            f"no trained weights: the default weights {DEFAULT_WEIGHTS} do not exist; pass --weights PATH "
+            f"(convert an original checkpoint with `pvd convert`), or --allow-untrained to run random weights "
+            f"(the output is then garbage)")
+    warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = DeblurNet(large=large)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.to(device).eval()
+
+
+def load_network(path: str | os.PathLike, expect: str | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """A network (eval mode, on `device`) from a pvd checkpoint (.safetensors) or an original PVDNet-repository
+    file (.pytorch / .pth / .pt, read with weights_only=True).
+
+    expect: None (whatever the file holds), or 'bimnet' / 'pvdnet' / 'pvdnet_large' / 'deblurnet': that network,
+    taken out of a full model when the file holds one. ValueError naming the file otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such weights file")
+    if expect is not None and expect not in EXPECTED:
+        raise ValueError(f"expect must be one of {', '.join(EXPECTED)}, got {expect!r}")
+    if path.suffix.lower() in ORIGINAL_SUFFIXES:
+        architecture, state_dict = from_original(_read_original(path))
+        network = build(architecture, state_dict).to(device).eval()
+    else:
+        network = load(path, device=device)
+    if expect is None or type(network) is EXPECTED[expect]:
+        return network
+    if isinstance(network, DeblurNet) and expect != "deblurnet":
+        part = network.bimnet if expect == "bimnet" else network.pvdnet
+        if type(part) is EXPECTED[expect]:
+            return part
+        network = part
+    wanted = "a full model (BIMNet + PVDNet, `pvd.nets.DeblurNet`)" if expect == "deblurnet" \
+        else f"a {EXPECTED[expect].__name__} (alone or in a full model)"
+    raise ValueError(f"{path}: holds a {type(network).__name__}; {wanted} is needed")
 
 
 def load_state_dict_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
@@ -215,6 +289,13 @@ def convert_original(source: str | os.PathLike, destination: str | os.PathLike, 
     'state_dict' or 'model' is unwrapped), converts with `from_original`, checks that the result loads
     strictly, and saves it to `destination`. Returns the architecture name.
     """
+    architecture, state_dict = from_original(_read_original(source))
+    save(build(architecture, state_dict), destination, config=config)
+    return architecture
+
+
+def _read_original(source: str | os.PathLike) -> dict:
+    """The state dict in an original checkpoint file (unwrapped from a 'state_dict' / 'model' entry)."""
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
@@ -222,11 +303,8 @@ def convert_original(source: str | os.PathLike, destination: str | os.PathLike, 
     if isinstance(payload, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(payload.get(wrapper), dict):
-                payload = payload[wrapper]
-                break
-    architecture, state_dict = from_original(payload)
-    save(build(architecture, state_dict), destination, config=config)
-    return architecture
+                return payload[wrapper]
+    return payload
 
 
 # ---- helpers -------------------------------------------------------------------------------------------

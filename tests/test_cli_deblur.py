@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pvd import pipeline, weights
+from pvd import stream, weights
 from pvd.cli import main
 from pvd.nets import DeblurNet
 
@@ -21,7 +21,7 @@ def reference_kernels(monkeypatch):
 @pytest.fixture(autouse=True)
 def no_default_weights(monkeypatch, tmp_path_factory):
     """Tests never pick up a real default checkpoint: they pass --weights or --allow-untrained."""
-    monkeypatch.setattr(pipeline, "DEFAULT_WEIGHTS", tmp_path_factory.mktemp("w") / "absent.safetensors")
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path_factory.mktemp("w") / "absent.safetensors")
 
 
 class TinyModel(nn.Module):
@@ -51,7 +51,7 @@ class _TinyDeblur(nn.Module):
 @pytest.fixture
 def tiny_model(monkeypatch):
     model = TinyModel()
-    monkeypatch.setattr(pipeline, "load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(stream, "load_model", lambda *args, **kwargs: model)
     return model
 
 
@@ -127,7 +127,7 @@ def test_python_api_on_a_folder_of_videos(tmp_path, tiny_model):
     _frame_folder(tmp_path / "in" / "b", 3, 12, 12, seed=1)
     _frame_folder(tmp_path / "in" / "a", 1, 9, 13, seed=2)
     with pytest.warns(UserWarning, match="even"):  # a's 13x9 frames get one padded pixel row/column in its mp4
-        results = pipeline.deblur_video(tmp_path / "in", tmp_path / "out", format="both", progress=False)
+        results = stream.deblur_video(tmp_path / "in", tmp_path / "out", format="both", progress=False)
     assert [(r.name, r.frames) for r in results] == [("a", 1), ("b", 3)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "a.mp4", "b", "b.mp4"]
     assert len(list((tmp_path / "out" / "b").iterdir())) == 3
@@ -136,7 +136,7 @@ def test_python_api_on_a_folder_of_videos(tmp_path, tiny_model):
 
 def test_original_size_policy_output_is_the_multiple_of_4_crop(tmp_path, tiny_model):
     clip = _frame_folder(tmp_path / "clip", 2, 18, 23)
-    pipeline.deblur_video(clip, tmp_path / "out", size_policy="original", progress=False)
+    stream.deblur_video(clip, tmp_path / "out", size_policy="original", progress=False)
     assert cv2.imread(str(tmp_path / "out" / "000.png")).shape == (16, 20, 3)
 
 
@@ -191,7 +191,7 @@ def test_failure_in_a_later_video_removes_only_that_video(tmp_path, tiny_model):
     _frame_folder(tmp_path / "in" / "b", 3, 8, 8)
     _corrupt_last(tmp_path / "in" / "b")
     with pytest.raises(ValueError, match="002.png"):
-        pipeline.deblur_video(tmp_path / "in", tmp_path / "out", progress=False)
+        stream.deblur_video(tmp_path / "in", tmp_path / "out", progress=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
 
 
@@ -225,5 +225,5 @@ def test_write_error_mid_video_leaves_no_partial_output(tmp_path, tiny_model, mo
 
     monkeypatch.setattr(video_io.VideoWriter, "write", failing_write)
     with pytest.raises(OSError, match="disk full"):
-        pipeline.deblur_video(clip, tmp_path / "out" / "frames", format="both", progress=False)
+        stream.deblur_video(clip, tmp_path / "out" / "frames", format="both", progress=False)
     assert not (tmp_path / "out").exists()

@@ -130,7 +130,7 @@ def test_loop_barriers_counts_barriers_between_a_label_and_its_back_branch():
 
 
 def test_variant_tables_follow_the_network():
-    from pvd import pipeline
+    from pvd.nets import step as pipeline
     from pvd.nets import bimnet
     from pvd.training.config import DataConfig
 
@@ -210,12 +210,8 @@ def test_every_build_compiles_for_the_real_target(check_run):
 
 # Builds of today's kernels that fail the check (measured 2026-11-30, triton 3.9); the kernel redesign of issue 11
 # fixes them. A failure outside these sets fails the test; once one of them passes, remove it here.
-KNOWN_SPILLS = {("correlation._correlation_backward_kernel", 90)}  # 4 B at stride 2, BIMNet level 2
-KNOWN_LOW_OCCUPANCY = {("correlation._correlation_forward_kernel", 80),  # 143-153 registers: 12 warps/SM
-                       ("correlation._correlation_forward_kernel", 90),
-                       ("correlation._correlation_backward_kernel", 80),  # 140-162 registers
-                       ("warp._warp_backward_kernel", 80),  # float64: 142-143 registers
-                       ("warp._warp_backward_kernel", 90)}
+KNOWN_SPILLS: set = set()  # (kernel, arch) expected to spill: none
+KNOWN_LOW_OCCUPANCY: set = set()  # (kernel, arch) expected below MIN_WARPS_PER_SM: none
 
 
 def _failures(document, what: str) -> dict[tuple, list[str]]:
@@ -250,6 +246,18 @@ def test_no_build_spills(check_run):
 def test_every_build_keeps_enough_warps_resident(check_run):
     _check_against_known(_failures(check_run[1], "occupancy"), KNOWN_LOW_OCCUPANCY,
                          f"fewer than {compile_check.MIN_WARPS_PER_SM} warps per SM")
+
+
+def test_the_legacy_correlation_is_reported_not_hidden(check_run):
+    """The legacy correlation design (selectable for A/B timing) spills and runs below 16 warps/SM in the builds
+    that run; the check waives it, and says so, instead of leaving it out."""
+    _, document = check_run
+    legacy = [r for r in document["results"] if r["kernel"].startswith("_correlation_legacy.")]
+    assert legacy, "the legacy design's launches were not captured"
+    assert all(not r["problems"] for r in legacy)
+    waived = [problem for r in legacy for problem in r["waived"]]
+    assert any("warps/SM" in problem for problem in waived) and all("waived" in problem for problem in waived)
+    assert all(not r["waived"] for r in document["results"] if not r["kernel"].startswith("_correlation_legacy."))
 
 
 def test_exit_status_says_whether_the_check_passed(check_run):

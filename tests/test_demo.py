@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from pvd import demo, pipeline, weights
+from pvd import demo, runtime, stream, weights
 from pvd.cli import main
-from pvd.pipeline import DEFAULT_WEIGHTS
+from pvd.weights import DEFAULT_WEIGHTS
 
 FRAMES = 3
 HEIGHT, WIDTH = 48, 64  # not square, so a swapped height and width shows
@@ -33,7 +33,7 @@ def reference_kernels(monkeypatch):
 def no_default_weights(monkeypatch, tmp_path_factory):
     """The default checkpoint is absent, whether or not the real one has been trained."""
     absent = tmp_path_factory.mktemp("weights") / "absent.safetensors"
-    monkeypatch.setattr(pipeline, "DEFAULT_WEIGHTS", absent)
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", absent)
     return absent
 
 
@@ -50,7 +50,7 @@ def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "demo_out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRITON_INTERPRET", "0")
-        patch.setattr(pipeline, "DEFAULT_WEIGHTS", tmp_path_factory.mktemp("w") / "absent.safetensors")
+        patch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path_factory.mktemp("w") / "absent.safetensors")
         code, stdout, stderr = _run_cli(["demo", "-o", str(out), "--allow-untrained", "--frames", str(FRAMES),
                                          "--size", f"{HEIGHT}x{WIDTH}", "--seed", str(SEED), "--quiet"])
     return out, code, stdout, stderr
@@ -108,7 +108,7 @@ def test_demo_writes_every_promised_file_with_the_right_sizes(cli_run):
 
     results = json.loads((out / "results.json").read_text())
     assert (results["frames"], results["height"], results["width"], results["seed"]) == (FRAMES, HEIGHT, WIDTH, SEED)
-    assert results["device"] == str(pipeline.resolve_device("auto"))
+    assert results["device"] == str(runtime.resolve_device("auto"))
     assert results["untrained"] is True and results["weights"] is None
     # Nothing else next to the output: the temporary folder was renamed, not left behind.
     assert [p.name for p in out.parent.iterdir()] == [out.name]
@@ -151,7 +151,7 @@ def test_refuses_without_weights_and_writes_nothing(no_default_weights, tmp_path
     assert code == 1
     assert "--allow-untrained" in stderr and str(no_default_weights) in stderr and "do not exist" in stderr
     assert list(tmp_path.iterdir()) == [], "a refused demo left files behind"
-    with pytest.raises(pipeline.UntrainedModelError, match="--allow-untrained"):
+    with pytest.raises(weights.UntrainedModelError, match="--allow-untrained"):
         demo.run_demo(out, frames=2, size=(32, 32))
     assert list(tmp_path.iterdir()) == []
 
@@ -205,10 +205,10 @@ def test_bundled_photograph_loads_without_scikit_image():
 
 def test_bundled_weights_load():
     assert weights.load_state_dict_file(DEFAULT_WEIGHTS).architecture == "deblurnet"
-    model = pipeline.load_model(DEFAULT_WEIGHTS, device="cpu")
+    model = weights.load_model(DEFAULT_WEIGHTS, device="cpu")
     frame = np.full((32, 32, 3), 128, dtype=np.uint8)
     frame[8:24, 8:24] = 200
-    outputs = list(pipeline.deblur_frames(model, [frame], device="cpu"))
+    outputs = list(stream.deblur_frames(model, [frame], device="cpu"))
     assert len(outputs) == 1 and outputs[0].shape == frame.shape and outputs[0].dtype == np.uint8
     with torch.no_grad():
         assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -19,9 +19,8 @@ from torch import nn
 
 from pvd import evaluate, metrics, weights
 from pvd.kernels import reference
-from pvd.pipeline import ZeroFlow
 from pvd.cli import main
-from pvd.nets import BIMNet
+from pvd.nets import BIMNet, ZeroFlow
 
 HEIGHT, WIDTH = 64, 80
 

@@ -24,7 +24,7 @@ from pvd.nets import bimnet as bimnet_module
 from pvd.weights import from_original
 
 ORIGINAL = json.loads((Path(__file__).parent / "data" / "original_state_dict_keys.json").read_text())
-# Parameter counts of the original modules, as published (SPEC §2).
+# Parameter counts of the original modules, as published (docs/semantics.md, section 2).
 PUBLISHED_PARAMETERS = {"liteflownet": 5_381_969, "pvdnet": 5_132_579, "pvdnet_large": 17_979_811}
 NETWORKS = {"liteflownet": BIMNet, "pvdnet": PVDNet, "pvdnet_large": PVDNetLarge}
 

@@ -193,7 +193,7 @@ def test_failed_run_leaves_nothing(tmp_path, photos, monkeypatch):
             raise OSError("disk full")
         cv2.imwrite(str(path), rgb)
 
-    monkeypatch.setattr(synth, "_write_png", failing_write)
+    monkeypatch.setattr(synth, "write_png", failing_write)
     with pytest.raises(OSError, match="disk full"):
         synth.generate_dataset(tmp_path / "out", photos, 1, SETTINGS)
     assert list(tmp_path.iterdir()) == []
@@ -208,8 +208,10 @@ def test_cli(tmp_path, photo_folder, capsys):
     assert metadata["photographs"] == ["alpha", "gamma"] and metadata["seed"] == 9
     assert metadata["settings"]["height"] == 32 and metadata["settings"]["width"] == 40
     assert len(list((out / "synth_0000" / "sharp").iterdir())) == 3
-    with pytest.raises(SystemExit, match="already exists"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 1  # one-line error, exit status 1, like every command
+    error = capsys.readouterr().err
+    assert "pvd synth: error:" in error and "already exists" in error
     assert main(args + ["--overwrite", "--photos", "alpha", "--exclude", ""]) == 0
     assert json.loads((out / "synth.json").read_text())["photographs"] == ["alpha"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvd import pipeline, weights
+from pvd import weights
+from pvd.nets import step
 from pvd.data import VideoClipDataset, synth
 from pvd.training import load_config, stages
 from pvd.training import losses as training_losses
@@ -85,7 +86,7 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_paper_configs():
-    """The shipped configs parse and hold the paper's recipe (docs/semantics.md, training)."""
+    """The shipped configs parse and hold the paper's recipe (docs/semantics.md, section 5)."""
     for name in ("dvd", "gopro", "gopro_large", "joint"):
         config = load_config(CONFIG_DIR / f"{name}.toml")
         assert config.run.stage == ("joint" if name == "joint" else "pvdnet") and config.run.max_steps == 600_000
@@ -275,7 +276,7 @@ def _stage2_clip_loss(trainer, batch) -> float:
     prev_out, total = blurry[:, 0], []
     with torch.no_grad():
         for t in range(1, blurry.shape[1] - 1):
-            out = pipeline.deblur_step(trainer.model, blurry[:, t - 1], blurry[:, t], blurry[:, t + 1], prev_out)
+            out = trainer.model(blurry[:, t - 1], blurry[:, t], blurry[:, t + 1], prev_out)
             total.append(F.mse_loss(out, sharp[:, t]).item())
             prev_out = out
     return float(np.mean(total))
@@ -331,14 +332,14 @@ def test_stage2_recurrence_feeds_detached_previous_output(clips_root, tmp_path, 
     trainer = stages.build_trainer(config, torch.device("cpu"))
     batch = _fixed_batch(clips_root, clip_frames=5, context=1)
     calls = []
-    real_step = pipeline.deblur_step
+    real_step = step.deblur_step
 
-    def recording_step(model, prev, curr, next, deblurred_prev, **kwargs):  # noqa: A002
-        out = real_step(model, prev, curr, next, deblurred_prev, **kwargs)
+    def recording_step(bimnet, pvdnet, prev, curr, next, deblurred_prev, **kwargs):  # noqa: A002
+        out = real_step(bimnet, pvdnet, prev, curr, next, deblurred_prev, **kwargs)
         calls.append((prev, curr, next, deblurred_prev, out))
         return out
 
-    monkeypatch.setattr(pipeline, "deblur_step", recording_step)
+    monkeypatch.setattr(step, "deblur_step", recording_step)
     trainer.train_clip(batch)
     assert len(calls) == 3
     blurry = batch["blurry"]
@@ -389,7 +390,7 @@ def test_joint_stage_trains_both_networks_with_one_clip(clips_root, tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     blurry, sharp = batch["blurry"], batch["sharp"]
     with torch.no_grad():  # the first step's loss, by its definition
-        out = pipeline.deblur_step(trainer.model, blurry[:, 0], blurry[:, 1], blurry[:, 2], blurry[:, 0])
+        out = trainer.model(blurry[:, 0], blurry[:, 1], blurry[:, 2], blurry[:, 0])
         flow_loss, _ = training_losses.blur_invariant_loss(trainer.model.bimnet, blurry[:, 0], blurry[:, 1],
                                                            sharp[:, 0], sharp[:, 1])
         expected = F.mse_loss(out, sharp[:, 1]) + flow_loss

@@ -1,1 +1,1 @@
-"""Training entry points (`python -m train.train`) and the paper's configs (`train/configs/*.toml`)."""
+"""Training entry point of a source checkout (`python -m train.train`); the configs live in pvd/training/configs."""

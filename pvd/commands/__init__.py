@@ -1,8 +1,19 @@
-"""Sub-commands of the `pvd` CLI, one module each (see pvd/cli.py), and their shared argument parsers."""
+"""Sub-commands of the `pvd` CLI, one module each (see pvd/cli.py): their one-line help texts and their
+shared argument parsers. Commands return an exit status and raise ValueError / OSError for bad input
+(pvd/cli.py prints those)."""
 
 from __future__ import annotations
 
 import argparse
+
+HELP = {
+    "synth": "render synthetic blurry videos with sharp frames and ground-truth flow",
+    "deblur": "deblur a video file, a frame folder, or a folder of those",
+    "convert": "convert an original PVDNet .pytorch checkpoint to pvd safetensors",
+    "eval": "score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)",
+    "train": "train BIMNet (stage 1), PVDNet (stage 2) or both jointly from a TOML config",
+    "demo": "deblur a short blurry clip of a bundled photograph and score it (demo_out/)",
+}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -16,14 +27,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_model_options(parser: argparse.ArgumentParser, size_policy: bool = True) -> None:
     """The options that pick and run the model: --weights, --device, --precision (and --size-policy)."""
-    from pvd import pipeline
+    from pvd import runtime
+    from pvd.nets.step import SIZE_POLICIES
+    from pvd.weights import DEFAULT_WEIGHTS
 
     parser.add_argument("--weights", default=None,
-                        help=f"pvd checkpoint of the full model (.safetensors); default {pipeline.DEFAULT_WEIGHTS}")
-    parser.add_argument("--device", choices=pipeline.DEVICES, default="auto")
-    parser.add_argument("--precision", choices=pipeline.PRECISIONS, default="auto",
+                        help=f"checkpoint of the full model (pvd .safetensors, or an original .pytorch); "
+                             f"default {DEFAULT_WEIGHTS}")
+    parser.add_argument("--device", choices=runtime.DEVICES, default="auto")
+    parser.add_argument("--precision", choices=runtime.PRECISIONS, default="auto",
                         help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
     if size_policy:
-        parser.add_argument("--size-policy", choices=pipeline.SIZE_POLICIES, default="pad",
+        parser.add_argument("--size-policy", choices=SIZE_POLICIES, default="pad",
                             help="pad: any size, full frames out (default); original: the original code's "
                                  "multiple-of-4 crop and multiple-of-32 flow, for faithful comparison")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from pvd.commands import HELP
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "convert", help="convert an original PVDNet .pytorch checkpoint to pvd safetensors",
+        "convert", help=HELP["convert"],
         description="Convert a checkpoint of the original PVDNet code (BIMNet.pytorch, PVDNet_DVD.pytorch, "
                     "PVDNet_nah.pytorch, PVDNet_large_nah.pytorch, ...) to a pvd safetensors checkpoint. "
                     "The file is read with torch.load(weights_only=True): no code in it is run.")
@@ -25,16 +26,12 @@ def run(args: argparse.Namespace) -> int:
     from pvd import weights
 
     source, destination = Path(args.source), Path(args.destination)
-    try:
-        if not source.is_file():
-            raise ValueError(f"{source}: no such checkpoint file")
-        if destination.suffix != ".safetensors":
-            raise ValueError(f"{destination}: the destination must end in .safetensors")
-        if destination.exists() and not args.overwrite:
-            raise ValueError(f"{destination}: already exists (pass --overwrite to replace it)")
-        architecture = weights.convert_original(source, destination)
-    except (ValueError, OSError) as error:
-        print(f"pvd convert: error: {error}", file=sys.stderr)
-        return 1
+    if not source.is_file():
+        raise ValueError(f"{source}: no such checkpoint file")
+    if destination.suffix != ".safetensors":
+        raise ValueError(f"{destination}: the destination must end in .safetensors")
+    if destination.exists() and not args.overwrite:
+        raise ValueError(f"{destination}: already exists (pass --overwrite to replace it)")
+    architecture = weights.convert_original(source, destination)
     print(f"{source} -> {destination} ({architecture})")
     return 0

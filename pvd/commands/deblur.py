@@ -1,18 +1,17 @@
-"""`pvd deblur INPUT -o OUTPUT`: deblur videos with PVDNet (a thin layer over `pvd.pipeline.deblur_video`)."""
+"""`pvd deblur INPUT -o OUTPUT`: deblur videos with PVDNet (a thin layer over `pvd.stream.deblur_video`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pvd.commands import add_model_options
+from pvd.commands import HELP, add_model_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pvd import pipeline
+    from pvd import stream
 
     parser = subparsers.add_parser(
-        "deblur", help="deblur a video file, a frame folder, or a folder of those",
+        "deblur", help=HELP["deblur"],
         description="Deblur a video (mp4/avi/mov), a folder of png/jpg frames, or a folder of such videos with "
                     "PVDNet. Each output has the input's frame count and frame size.")
     parser.add_argument("input", help="video file, folder of frames, or folder of videos / frame folders")
@@ -21,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "<name>/ and/or <name>.mp4 per video")
     add_model_options(parser)
     parser.add_argument("--side-by-side", action="store_true", help="write input | output, side by side")
-    parser.add_argument("--format", choices=pipeline.OUTPUT_FORMATS, default=None,
+    parser.add_argument("--format", choices=stream.OUTPUT_FORMATS, default=None,
                         help="png frames, mp4 video, or both (default: mp4 if OUTPUT ends in .mp4, else png)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run random weights when no trained weights are found (for testing only)")
@@ -33,17 +32,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pvd import pipeline
+    from pvd import stream
 
-    try:
-        results = pipeline.deblur_video(
-            args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
-            size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
-            allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
-            compile=args.compile)
-    except (ValueError, OSError) as error:  # bad input or options, unwritable output
-        print(f"pvd deblur: error: {error}", file=sys.stderr)
-        return 1
+    results = stream.deblur_video(
+        args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
+        size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
+        allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
+        compile=args.compile)
     for result in results:
         outputs = ", ".join(str(path) for path in result.outputs)
         print(f"{result.name}: {result.frames} frames in {result.seconds:.1f} s "

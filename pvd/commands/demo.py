@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import warnings
 
-from pvd.commands import add_model_options, parse_size
+from pvd.commands import HELP, add_model_options, parse_size
 
 NAME = "demo"
-HELP = "deblur a short blurry clip of a bundled photograph and score it (demo_out/)"
 BANNER_RULE = "!" * 100
 
 
@@ -19,7 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     height, width = demo.DEFAULT_SIZE
     parser = subparsers.add_parser(
-        NAME, help=HELP,
+        NAME, help=HELP[NAME],
         description="Render a short camera-shake clip over a bundled photograph that the demo weights never saw "
                     "in training, deblur it with the bundled weights, print blurry-vs-deblurred PSNR/SSIM against "
                     "the sharp frames, and write the blurry, sharp and deblurred frames (png), deblurred.mp4, "
@@ -56,19 +53,11 @@ def format_table(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pvd import demo, pipeline
+    from pvd import demo
 
-    if args.allow_untrained and args.weights is None and not pipeline.DEFAULT_WEIGHTS.is_file():
-        _banner(demo.UNTRAINED_WARNING)
-    try:
-        with warnings.catch_warnings():  # the banners say it louder
-            warnings.filterwarnings("ignore", message=re.escape(demo.UNTRAINED_WARNING), category=UserWarning)
-            results = demo.run_demo(args.out, weights=args.weights, device=args.device, frames=args.frames,
-                                    size=args.size, seed=args.seed, allow_untrained=args.allow_untrained,
-                                    overwrite=args.overwrite, precision=args.precision, progress=not args.quiet)
-    except (ValueError, OSError) as error:
-        print(f"pvd demo: error: {error}", file=sys.stderr)
-        return 1
+    results = demo.run_demo(args.out, weights=args.weights, device=args.device, frames=args.frames,
+                            size=args.size, seed=args.seed, allow_untrained=args.allow_untrained,
+                            overwrite=args.overwrite, precision=args.precision, progress=not args.quiet)
     weights = results["weights"] or "seeded random weights (UNTRAINED)"
     print(f"pvd demo: {results['frames']} frames of {results['height']}x{results['width']} from "
           f"{results['photograph']} (seed {results['seed']}), weights: {weights}")
@@ -79,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
           f"{per_frame:.2f} s per frame)")
     print(f"wrote {results['out_dir']}/: {demo.BLURRY_FOLDER}/, {demo.SHARP_FOLDER}/, {demo.DEBLURRED_FOLDER}/ "
           f"(png), {demo.VIDEO_FILE}, {demo.SIDE_BY_SIDE_FILE}, {demo.RESULTS_FILE}")
-    if results["untrained"]:
-        _banner(demo.UNTRAINED_WARNING)
+    if results["untrained"]:  # said once as a warning when the model loaded; repeated under the scores
+        from pvd.weights import UNTRAINED_WARNING
+
+        _banner(UNTRAINED_WARNING)
     return 0

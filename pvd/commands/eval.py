@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pvd.commands import add_model_options
+from pvd.commands import HELP, add_model_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -13,7 +12,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd.evaluate import GROUND_TRUTH_LAYOUTS, PROTOCOLS
 
     parser = subparsers.add_parser(
-        "eval", help="score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)",
+        "eval", help=HELP["eval"],
         description="Deblur every video of a DVD / GoPro / synthetic data set and score each frame against its "
                     "sharp frame: plain PSNR/SSIM (the original Python evaluation) and aligned PSNR/SSIM (the "
                     "paper's MATLAB protocol). Writes scores.csv, summary.json and summary.md to OUTPUT.")
@@ -49,16 +48,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pvd import evaluate
 
-    try:
-        summary = evaluate.evaluate(
-            args.data_root, args.output, weights=args.weights, allow_untrained=args.allow_untrained,
-            large=args.large, device=args.device, precision=args.precision, size_policy=args.size_policy,
-            layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
-            limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
-            zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet, protocol=args.protocol)
-    except ValueError as error:
-        print(f"pvd eval: error: {error}", file=sys.stderr)
-        return 1
+    summary = evaluate.evaluate(
+        args.data_root, args.output, weights=args.weights, allow_untrained=args.allow_untrained,
+        large=args.large, device=args.device, precision=args.precision, size_policy=args.size_policy,
+        layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
+        limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
+        zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet,
+        protocol=args.protocol)
     print(evaluate.markdown_summary(summary))
     print(f"wrote {args.output}/{{{', '.join(evaluate.OUTPUT_NAMES)}}}")
     return 0

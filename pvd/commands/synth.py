@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pvd.commands import parse_size
+from pvd.commands import HELP, parse_size
 
 NAME = "synth"
-HELP = "render synthetic blurry videos with sharp frames and ground-truth flow"
 
 
 def _names(text: str) -> list[str]:
@@ -19,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     defaults = SynthSettings()
     parser = subparsers.add_parser(
-        NAME, help=HELP, description=HELP + ". Writes OUT/<video>/blur_gamma/%05d.png, sharp/%05d.png, "
+        NAME, help=HELP[NAME], description=HELP[NAME] + ". Writes OUT/<video>/blur_gamma/%05d.png, sharp/%05d.png, "
         "flow/%05d.npy (float32 (2,H,W), x then y, pixels: warp(sharp[t-1], flow[t]) ~= sharp[t]) and OUT/synth.json.")
     parser.add_argument("out", nargs="?", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--videos", type=int, default=4, help="number of videos (default 4)")
@@ -63,24 +62,21 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name:<22} {synth.BUILTIN_PHOTOGRAPHS[name][1]}")
         return 0
     if args.out is None:
-        raise SystemExit("pvd synth: error: OUT is required (or use --list-photos)")
-    try:
-        settings = synth.SynthSettings(
-            frames=args.frames, height=args.size[0], width=args.size[1], subframes=args.subframes,
-            max_shift=args.max_shift, max_rotation=args.max_rotation, max_zoom=args.max_zoom,
-            object_probability=args.object_probability, max_object_shift=args.max_object_shift)
-        if args.images:
-            available = synth.load_photograph_folder(args.images)
-            chosen = synth.select_photographs(list(available), args.photos, args.exclude)
-            photographs = {name: available[name] for name in chosen}
-            source = f"folder {args.images}"
-        else:
-            chosen = synth.select_photographs(synth.builtin_photograph_names(), args.photos, args.exclude)
-            photographs = synth.load_builtin_photographs(chosen)
-            source = "scikit-image"
-        out = synth.generate_dataset(args.out, photographs, args.videos, settings, args.seed, source=source,
-                                     overwrite=args.overwrite, progress=True)
-    except ValueError as error:
-        raise SystemExit(f"pvd synth: error: {error}") from None
+        raise ValueError("OUT is required (or use --list-photos)")
+    settings = synth.SynthSettings(
+        frames=args.frames, height=args.size[0], width=args.size[1], subframes=args.subframes,
+        max_shift=args.max_shift, max_rotation=args.max_rotation, max_zoom=args.max_zoom,
+        object_probability=args.object_probability, max_object_shift=args.max_object_shift)
+    if args.images:
+        available = synth.load_photograph_folder(args.images)
+        chosen = synth.select_photographs(list(available), args.photos, args.exclude)
+        photographs = {name: available[name] for name in chosen}
+        source = f"folder {args.images}"
+    else:
+        chosen = synth.select_photographs(synth.builtin_photograph_names(), args.photos, args.exclude)
+        photographs = synth.load_builtin_photographs(chosen)
+        source = "scikit-image"
+    out = synth.generate_dataset(args.out, photographs, args.videos, settings, args.seed, source=source,
+                                 overwrite=args.overwrite, progress=True)
     print(f"wrote {args.videos} videos of {args.frames} frames to {out} (photographs: {', '.join(chosen)})")
     return 0

@@ -6,8 +6,9 @@ Layouts (`<root>/<video>/...`, one folder per video, frames paired by file name,
   sets of `pvd.data.synth` use it too and add ``flow/*.npy`` (see `FLOW_FOLDER`);
 - ``"frames"``: ``*.png|jpg`` directly in each video folder, blurry only (inference without ground truth).
 
-Frames are decoded with OpenCV to RGB float32 tensors (3, H, W) mapped linearly from 8 bits to `value_range`:
-(-1, 1) by default, the range of PVDNet (x / 255 * 2 - 1); pass (0, 1) for BIMNet.
+Frames are decoded by `pvd.frames.read_image` (8-bit files as uint8, 16-bit ones as uint16) to RGB float32
+tensors (3, H, W) mapped linearly from [0, 255] (or [0, 65535]) to `value_range`: (-1, 1) by default, the range
+of PVDNet (x / 255 * 2 - 1); pass (0, 1) for BIMNet.
 
 Training clips follow the original PVDNet loader: clip k of a video holds frames
 ``k*stride - context ... k*stride - context + clip_length - 1`` with indices clamped to the video, where the
@@ -26,10 +27,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ..frames import SIGNED_RANGE, SILENT, UNIT_RANGE, check_value_range, read_image, to_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FLOW_SUFFIX = ".npy"
@@ -40,9 +42,8 @@ LAYOUT_FOLDERS = {
     "gopro": (("blur_gamma", "blur"), "sharp"),
 }
 LAYOUTS = ("dvd", "gopro", "frames")
-PVDNET_RANGE = (-1.0, 1.0)
-BIMNET_RANGE = (0.0, 1.0)
-UINT8_MAX = 255.0
+PVDNET_RANGE = SIGNED_RANGE
+BIMNET_RANGE = UNIT_RANGE
 
 # Training defaults of the original (configs/config_PVDNet.py): 3-frame window, 13 recurrent steps, 256x256 crops.
 CLIP_LENGTH = 15
@@ -185,26 +186,10 @@ def list_videos(root: str | os.PathLike, layout: str | None = None,
     return videos
 
 
-def _check_value_range(value_range: Sequence[float]) -> tuple[float, float]:
-    low, high = (float(v) for v in value_range)
-    if not low < high:
-        raise ValueError(f"value_range must be (low, high) with low < high, got {tuple(value_range)}")
-    return low, high
-
-
 def decode_frame(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an RGB uint8 array (H, W, 3), through OpenCV (gray and 16-bit files are converted)."""
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image {str(path)!r}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def to_tensor(frame: np.ndarray, value_range: Sequence[float] = PVDNET_RANGE) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W) mapped linearly from [0, 255] to `value_range`."""
-    low, high = _check_value_range(value_range)
-    chw = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).to(torch.float32)
-    return chw * ((high - low) / UINT8_MAX) + low
+    """An image file as an RGB array (H, W, 3), uint8 (uint16 for 16-bit files); gray and RGBA files are
+    converted silently (`pvd.frames.read_image`)."""
+    return read_image(path, warned=SILENT)
 
 
 def read_frame(path: str | os.PathLike, value_range: Sequence[float] = PVDNET_RANGE) -> torch.Tensor:
@@ -286,7 +271,7 @@ class VideoClipDataset(Dataset):
         self.crop_size = None if crop_size is None else (int(crop_size[0]), int(crop_size[1]))
         self.noise_sigma = float(noise_sigma)
         self.noise_probability = float(noise_probability)
-        self.value_range = _check_value_range(value_range)
+        self.value_range = check_value_range(value_range)
         self.seed = int(seed)
         self.epoch = 0
         self.clips: list[tuple[int, list[int]]] = []

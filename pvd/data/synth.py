@@ -28,18 +28,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pvd._files import default_permissions
+from pvd._files import atomic_dir
+from pvd.frames import write_png
 
-from .datasets import FLOW_FOLDER, IMAGE_SUFFIXES, decode_frame, natural_key
+from .datasets import FLOW_FOLDER
+from .photographs import (BUILTIN_PHOTOGRAPHS, as_rgb, builtin_photograph_names,  # noqa: F401 - re-exported
+                          load_builtin_photographs, load_photograph_folder, select_photographs)
 
 FORMAT_NAME = "pvd-synth"
 FORMAT_VERSION = 1
@@ -50,24 +51,6 @@ FRAME_NAME = "{:05d}"
 VIDEO_NAME = "synth_{:04d}"
 FLOW_CONVENTION = ("float32 (2, H, W), channels (x, y) in pixels: sharp_t(p) = sharp_{t-1}(p + flow_t(p)), "
                    "i.e. warp(sharp_{t-1}, flow_t) ~= sharp_t; flow_0 = 0")
-
-# scikit-image sample images used as photographs: name -> (loader in skimage.data, what it shows).
-# All ship inside the scikit-image wheel (no download). Left out: the motion-blurred `clock`, the mostly black
-# `hubble_deep_field` and `retina`, and the right image of the motorcycle stereo pair (a near duplicate).
-BUILTIN_PHOTOGRAPHS = {
-    "astronaut": ("astronaut", "portrait of an astronaut, colour"),
-    "brick": ("brick", "brick wall texture, gray"),
-    "camera": ("camera", "man with a camera, gray"),
-    "chelsea": ("chelsea", "cat, colour"),
-    "coffee": ("coffee", "cup of coffee, colour"),
-    "coins": ("coins", "coins, gray"),
-    "grass": ("grass", "grass texture, gray"),
-    "gravel": ("gravel", "gravel texture, gray"),
-    "immunohistochemistry": ("immunohistochemistry", "stained tissue micrograph, colour"),
-    "moon": ("moon", "lunar surface, gray"),
-    "motorcycle": ("stereo_motorcycle", "motorcycle (left stereo view), colour"),
-    "rocket": ("rocket", "rocket launch, colour"),
-}
 
 # Trajectories: each motion parameter is drift * u + sum of WAVE_COUNT sinusoids of random frequency (u in frames),
 # rescaled so that its peak speed over the video equals a random fraction of the configured maximum.
@@ -292,7 +275,7 @@ def to_linear(image: np.ndarray, gamma: float) -> np.ndarray:
     return np.power(image.astype(np.float32) / 255.0, gamma, dtype=np.float32)
 
 
-def to_uint8(linear: np.ndarray, gamma: float) -> np.ndarray:
+def gamma_encode(linear: np.ndarray, gamma: float) -> np.ndarray:
     """float linear light -> uint8 RGB, round(255 * clip(x, 0, 1) ** (1 / gamma))."""
     encoded = np.power(np.clip(linear, 0.0, 1.0), 1.0 / gamma)
     return np.floor(encoded * 255.0 + 0.5).astype(np.uint8)
@@ -358,92 +341,11 @@ def render_video(background: np.ndarray, settings: SynthSettings, rng: np.random
                 valid &= both_object | both_background
         previous_coverage = coverage
         on_object = np.zeros(valid.shape, dtype=bool) if coverage is None else coverage >= 0.5
-        yield SynthFrame(to_uint8(blurry, settings.gamma), to_uint8(sharp, settings.gamma),
+        yield SynthFrame(gamma_encode(blurry, settings.gamma), gamma_encode(sharp, settings.gamma),
                          flow.astype(np.float32), valid, on_object)
 
 
-# ----------------------------------------------------------------------------------------------- photographs
-
-def _as_rgb(image: np.ndarray, name: str) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise ValueError(f"photograph {name!r} must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"photograph {name!r} must be gray, RGB or RGBA, got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
-
-
-def builtin_photograph_names() -> tuple[str, ...]:
-    """Names of the photographs bundled with scikit-image that `load_builtin_photographs` offers."""
-    return tuple(sorted(BUILTIN_PHOTOGRAPHS))
-
-
-def load_builtin_photographs(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """RGB uint8 photographs from scikit-image (gray ones repeated to 3 channels), all of them by default.
-
-    Needs scikit-image (`pip install 'pvd[data]'`). Raises ValueError for an unknown name.
-    """
-    names = builtin_photograph_names() if names is None else tuple(names)
-    unknown = sorted(set(names) - set(BUILTIN_PHOTOGRAPHS))
-    if unknown:
-        raise ValueError(f"unknown photograph(s) {', '.join(unknown)}; available: "
-                         f"{', '.join(builtin_photograph_names())}")
-    try:
-        from skimage import data as skimage_data
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("the built-in photographs need scikit-image: pip install 'pvd[data]' "
-                          "(or pass a folder of images)") from error
-    photos = {}
-    for name in names:
-        image = getattr(skimage_data, BUILTIN_PHOTOGRAPHS[name][0])()
-        if isinstance(image, tuple):  # stereo_motorcycle -> (left, right, disparity)
-            image = image[0]
-        photos[name] = _as_rgb(np.asarray(image), name)
-    return photos
-
-
-def load_photograph_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The images (png/jpg) of `folder` as RGB uint8 arrays, keyed by file stem."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"photograph folder {str(folder)!r} is not a folder")
-    paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-    if not paths:
-        raise ValueError(f"photograph folder {str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    photos = {}
-    for path in paths:
-        if path.stem in photos:
-            raise ValueError(f"photograph folder {str(folder)!r} has two images named {path.stem!r}")
-        photos[path.stem] = decode_frame(path)
-    return photos
-
-
-def select_photographs(available: Sequence[str], include: Sequence[str] | None = None,
-                       exclude: Sequence[str] | None = None) -> list[str]:
-    """Sorted names from `available`: only `include` (all when None), minus `exclude`.
-
-    Raises ValueError for a name that is not available or when nothing is left.
-    """
-    available = sorted(set(available))
-    for label, names in (("include", include), ("exclude", exclude)):
-        unknown = sorted(set(names or ()) - set(available))
-        if unknown:
-            raise ValueError(f"cannot {label} unknown photograph(s) {', '.join(unknown)}; available: "
-                             f"{', '.join(available)}")
-    chosen = [name for name in available if (include is None or name in include) and name not in (exclude or ())]
-    if not chosen:
-        raise ValueError("no photograph left after --photos/--exclude")
-    return chosen
-
-
 # --------------------------------------------------------------------------------------------------- writing
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {str(path)!r}")
-
 
 @dataclass
 class _VideoPlan:
@@ -481,7 +383,7 @@ def generate_dataset(out: str | os.PathLike, photographs: Mapping[str, np.ndarra
         raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(photographs)
-    photos = {name: _as_rgb(np.asarray(photographs[name]), name) for name in names}
+    photos = {name: as_rgb(np.asarray(photographs[name]), name) for name in names}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -494,9 +396,7 @@ def generate_dataset(out: str | os.PathLike, photographs: Mapping[str, np.ndarra
         "flow_convention": FLOW_CONVENTION,
         "videos": [],
     }
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    default_permissions(temporary)
-    try:
+    with atomic_dir(out, overwrite=overwrite) as temporary:
         indices = range(videos)
         if progress:
             from tqdm import tqdm
@@ -512,19 +412,9 @@ def generate_dataset(out: str | os.PathLike, photographs: Mapping[str, np.ndarra
             frames = render_video(photos[plan.background], settings, rng, foreground, info)
             for t, frame in enumerate(frames):
                 stem = FRAME_NAME.format(t)
-                _write_png(folders[0] / f"{stem}.png", frame.blurry)
-                _write_png(folders[1] / f"{stem}.png", frame.sharp)
+                write_png(folders[0] / f"{stem}.png", frame.blurry)
+                write_png(folders[1] / f"{stem}.png", frame.sharp)
                 np.save(folders[2] / f"{stem}.npy", frame.flow)
             metadata["videos"].append(info)
         (temporary / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(temporary, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out

@@ -46,6 +46,10 @@ POOL_WORKERS = 2
 WARP_SIZE = 32
 # A build that keeps fewer warps resident per SM fails the check (latency hiding of these memory-bound kernels).
 MIN_WARPS_PER_SM = 16
+# Kernel modules whose spills / low occupancy are reported but do not fail the check. Only the legacy correlation:
+# today's kernels before the tiled redesign, kept selectable (PVD_CORRELATION_KERNEL=legacy) so that the first GPU
+# times both designs side by side; it is never the default and goes once a GPU has timed both.
+WAIVED_MODULES = {"pvd.kernels._correlation_legacy": "legacy correlation design, selectable for A/B timing only"}
 
 _TRITON_NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 CUOBJDUMP = _TRITON_NVIDIA_BIN / "cuobjdump"
@@ -146,6 +150,7 @@ class BuildResult:
     seconds: float = 0.0
     error: str | None = None
     problems: list = field(default_factory=list)
+    waived: list = field(default_factory=list)  # problems of a waived module (`WAIVED_MODULES`), reported only
 
     @property
     def ok(self) -> bool:
@@ -252,7 +257,15 @@ def compile_build(build, sites: list[str], dtypes: list[str]) -> BuildResult:
         result.error = f"{type(error).__name__}: {error}"
     result.seconds = time.perf_counter() - start
     result.problems = _problems(result)
+    waiver = _waiver(build.module)
+    if waiver is not None and result.problems and result.error is None:
+        result.waived, result.problems = [f"{problem} (waived: {waiver})" for problem in result.problems], []
     return result
+
+
+def _waiver(module: str) -> str | None:
+    """Why the builds of kernel module `module` are reported but do not fail the check (None: they are gated)."""
+    return WAIVED_MODULES.get(module)
 
 
 def _problems(r: BuildResult) -> list[str]:
@@ -399,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
               f"block-wide barriers inside PTX loops (most in one loop body); fail below {MIN_WARPS_PER_SM} "
               f"warps/SM or on any spill\ntriton {triton.__version__}, ptxas ({ptxas}); {len(results)} compiles of "
               f"{len(set(numbers.values()))} specialisations in {seconds:.1f} s")
+        for r in results:
+            if r.waived:
+                print(f"WAIVED #{numbers[id(r)]} {r.kernel} [{r.ptx_target or r.arch}, {','.join(r.dtypes)}; "
+                      f"{r.sites[0]}]: {'; '.join(r.waived)}")
         for r in failed:
             print(f"FAILED #{numbers[id(r)]} {r.kernel} [{r.ptx_target or r.arch}, {','.join(r.dtypes)}; "
                   f"{r.sites[0]}]: {'; '.join(r.problems)}")

@@ -1,7 +1,8 @@
 """Pure-PyTorch twins of the Triton kernels.
 
 Vectorised, differentiable through autograd and exact in float64: they serve CPU tensors (outside the
-Triton interpreter) and are the oracle of the tests. Each docstring states the exact semantics. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate). As the
+Triton interpreter) and are the oracle of the tests. Semantics: docs/semantics.md section 1, restated in
+each docstring. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate). As the
 kernels do, they compute in float32 (float64 for float64 inputs) and return the inputs' dtype: in float16 or
 bfloat16 a pixel coordinate above 256 or 2048 is not even representable.
 """

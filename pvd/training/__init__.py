@@ -1,11 +1,12 @@
 """Training of PVDNet: stage 1 (BIMNet, blur-invariant loss) and stage 2 (PVDNet with BIMNet frozen).
 
     from pvd.training import load_config, train
-    result = train(load_config("train/configs/gopro.toml", ["data.root=/data/gopro_train"]))
+    from pvd.training.cli import config_path
+    result = train(load_config(config_path("gopro"), ["data.root=/data/gopro_train"]))
 
 Modules: `config` (TOML + overrides), `losses`, `schedule` (lr schedules), `stages` (the two trainers),
 `loop` (`train`: processes, data, logging, checkpoints, resume), `checkpoint`, `logs`, `cli` (the command line
-behind `python -m train.train` and `pvd train`).
+behind `pvd train`, `python -m pvd.training.cli` and `python -m train.train`).
 """
 
 from .config import TrainConfig, load_config

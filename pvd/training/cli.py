@@ -1,19 +1,23 @@
-"""Command line of the training: `python -m train.train --config FILE [--resume [CKPT]] [key=value ...]`.
+"""Command line of the training: `pvd train --config NAME|FILE [--resume [CKPT]] [key=value ...]`.
 
-Under `torchrun --nproc_per_node N -m train.train ...` every process runs the same command; see `loop`.
+Named configs (`gopro`, `dvd`, ...) are the TOML files in pvd/training/configs, shipped inside the package.
+Under `torchrun --nproc_per_node N -m pvd.training.cli ...` (or `-m train.train` in a source checkout) every
+process runs the same command; see `loop`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "train" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: present in an installed wheel too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE",
-                        help="TOML training config (a path, or the name of one in train/configs, e.g. gopro)")
+                        help=f"TOML training config: a path, or the name of a bundled one "
+                             f"({', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))})")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                         help="resume from CKPT, or without a value from the latest checkpoint in run.out_dir")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -22,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def config_path(name: str | None) -> Path | None:
-    """`name` as given when it is a file, else train/configs/<name>.toml of the source tree."""
+    """`name` as given when it is a file, else the bundled pvd/training/configs/<name>.toml."""
     if name is None:
         return None
     path = Path(name)
@@ -46,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m train.train", description="Train BIMNet (stage 1) or PVDNet (stage 2)."))
-    return run(parser.parse_args(argv))
+    """`pvd train ARGS` (errors reported as one line, as every pvd command does)."""
+    from pvd.cli import main as pvd_main
+
+    return pvd_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from einops import rearrange
 
-from pvd._files import default_permissions
+from pvd._files import atomic_file
+from pvd.frames import quantize, write_png
 
 SCALARS_FILE = "scalars.csv"
 SCALAR_COLUMNS = ("step", "tag", "value")
@@ -86,18 +84,8 @@ def save_panels(path: str | os.PathLike, panels: list[torch.Tensor]) -> Path:
     if not panels or any(p.dim() != 3 or p.shape[0] != 3 or p.shape[1:] != panels[0].shape[1:] for p in panels):
         raise ValueError("save_panels needs (3, H, W) images of one size")
     row = torch.cat([p.detach().float().cpu() for p in panels], dim=2)
-    rgb = ((row.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    bgr = np.ascontiguousarray(rearrange(rgb, "c h w -> h w c").numpy()[..., ::-1])
+    rgb = rearrange(quantize(row).to(torch.uint8), "c h w -> h w c").numpy()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    default_permissions(temp_name)
-    try:
-        if not cv2.imwrite(temp_name, bgr):
-            raise ValueError(f"cannot write PNG {str(path)!r}")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary:
+        write_png(temporary, rgb)
     return path

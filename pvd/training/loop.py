@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pvd import weights
 from pvd.data.datasets import VideoClipDataset
+from pvd.runtime import resolve_device
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -85,17 +86,6 @@ def _join_processes(device_kind: str) -> Processes:
         return Processes()
     dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return Processes(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group=True)
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("run.device='cuda' but no CUDA GPU is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def _seed_everything(seed: int) -> None:
@@ -175,7 +165,7 @@ def train(config: TrainConfig) -> TrainResult:
     device_kind = "cuda" if config.run.device == "cuda" or (
         config.run.device == "auto" and torch.cuda.is_available()) else "cpu"
     processes = _join_processes(device_kind)
-    device = _resolve_device(config.run.device, processes.local_rank)
+    device = resolve_device(config.run.device, index=processes.local_rank)
     if config.data.batch_size % processes.world_size:
         raise ValueError(f"data.batch_size ({config.data.batch_size}) must be divisible by the number of "
                          f"processes ({processes.world_size})")

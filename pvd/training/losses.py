@@ -4,8 +4,8 @@ Stage 1, the blur-invariant loss of BIMNet: for a pair of consecutive frames (bl
 
     w_bb = BIMNet(B_t, B_{t-1}), w_bs = BIMNet(S_t, B_{t-1}), w_sb = BIMNet(B_t, S_{t-1}), w_ss = BIMNet(S_t, S_{t-1})
 
-(half-resolution flows resized bilinearly to the frame size without rescaling their values, `pipeline.
-estimate_flow`), each warping S_{t-1}; with images in [0, 1] and mask = warp(ones, w) (no gradient):
+(half-resolution flows resized bilinearly to the frame size without rescaling their values,
+`pvd.nets.step.estimate_flow`), each warping S_{t-1}; with images in [0, 1] and mask = warp(ones, w) (no gradient):
 
     term(w) = sum((warp(S_{t-1}, w) - S_t * mask)^2) / sum(mask)          # sums over B, C, H, W
     loss    = mean of the four terms
@@ -23,7 +23,9 @@ import einops
 import torch
 import torch.nn.functional as F
 
-from pvd import kernels, pipeline
+from pvd import kernels
+from pvd.frames import to_unit
+from pvd.nets import step
 
 FLOW_PAIRS = ("bb", "bs", "sb", "ss")  # original names: (source of frame t-1, source of frame t), b blurry, s sharp
 MIN_MASK_SUM = 1e-8  # a flow that sends every pixel outside gives 0 / 0 in the original; here 0
@@ -78,12 +80,12 @@ def _split_pairs(flows: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> di
 def blur_invariant_flows(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor, sharp_prev: torch.Tensor,
                          sharp_curr: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:
     """The flows {pair: (B, 2, H, W) float32 pixels} of `pairs` (default all four: bb, bs, sb, ss) from one
-    batched BIMNet call. Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`pipeline.estimate_flow`,
+    batched BIMNet call. Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`step.estimate_flow`,
     size policy "pad").
     """
     pairs = check_pairs(pairs)
     curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    return _split_pairs(pipeline.estimate_flow(bimnet, curr_batch, prev_batch), pairs)
+    return _split_pairs(step.estimate_flow(bimnet, curr_batch, prev_batch), pairs)
 
 
 def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor,
@@ -92,12 +94,12 @@ def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: t
     """As `blur_invariant_flows`, plus every decoder level's flow per pair: ({pair: (B, 2, H, W)},
     {pair: {level: (B, 2, h, w)}}). H and W must be multiples of 32 (training crops are not padded)."""
     height, width = sharp_curr.shape[-2:]
-    if height % pipeline.FLOW_SIZE_MULTIPLE or width % pipeline.FLOW_SIZE_MULTIPLE:
+    if height % step.FLOW_SIZE_MULTIPLE or width % step.FLOW_SIZE_MULTIPLE:
         raise ValueError(f"the multi-scale end-point error needs frames whose height and width are multiples of "
-                         f"{pipeline.FLOW_SIZE_MULTIPLE} (set data.crop accordingly), got {height}x{width}")
+                         f"{step.FLOW_SIZE_MULTIPLE} (set data.crop accordingly), got {height}x{width}")
     pairs = check_pairs(pairs)
     curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    levels = bimnet((curr_batch.float() + 1) / 2, (prev_batch.float() + 1) / 2, all_levels=True)
+    levels = bimnet(to_unit(curr_batch.float()), to_unit(prev_batch.float()), all_levels=True)
     finest = F.interpolate(levels[min(levels)].float(), size=(height, width), mode="bilinear", align_corners=False)
     level_flows = {level: _split_pairs(flow, pairs) for level, flow in levels.items()}
     per_pair_levels = {pair: {level: level_flows[level][pair] for level in levels} for pair in pairs}
@@ -125,7 +127,7 @@ def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Te
                                                         pairs)
     else:
         flows = blur_invariant_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    unit_prev, unit_curr = (sharp_prev.float() + 1) / 2, (sharp_curr.float() + 1) / 2
+    unit_prev, unit_curr = to_unit(sharp_prev.float()), to_unit(sharp_curr.float())
     terms = {pair: masked_warp_error(flow, unit_prev, unit_curr) for pair, flow in flows.items()}
     total = torch.stack(list(terms.values())).mean()
     parts = {"flow": total.detach(), **{f"warp_{pair}": term.detach() for pair, term in terms.items()}}

@@ -8,7 +8,8 @@ with its own optimizer step; the previous output is detached and starts as the f
 Both: RAdam with decoupled weight decay, global grad-norm clipping, a LambdaLR stepped after every optimizer
 step, a fresh init of the trained network (Xavier-uniform for PVDNet, `pvd.nets.bimnet.init_for_training` for
 BIMNet), optional DistributedDataParallel and torch.compile. Stage 2
-runs PVDNet under bf16 autocast on CUDA (BIMNet, flow and pixel volume stay fp32, as in `pvd.pipeline`).
+runs PVDNet under bf16 autocast on CUDA (BIMNet, flow and pixel volume stay fp32, as in `pvd.nets.step`)
+and validates with the clip recurrence every user of the model shares (`pvd.nets.run_clip`).
 Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]).
 """
 
@@ -16,23 +17,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pvd import kernels, metrics, pipeline, weights
-from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
+from pvd import kernels, metrics, weights
+from pvd.frames import to_signed, to_unit
+from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge, run_clip
+from pvd.nets import step as deblurring
 from pvd.nets.bimnet import init_for_training as bimnet_init_for_training
+from pvd.runtime import resolve_precision
 
 from .config import RANDOM_BIMNET, TrainConfig
 from .losses import blur_invariant_flows, blur_invariant_loss, deblur_loss, end_point_error, masked_warp_error
 from .schedule import build_scheduler
-
-ORIGINAL_SUFFIXES = (".pytorch", ".pth", ".pt")  # torch pickles of the original repository
-
 
 def xavier_init(module: nn.Module, gain: float = 1.0) -> None:
     """Xavier-uniform weights and zero biases for every (transposed) convolution, as the original `init`."""
@@ -43,52 +43,14 @@ def xavier_init(module: nn.Module, gain: float = 1.0) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-def load_network(path: str | Path) -> nn.Module:
-    """A network from a pvd checkpoint (.safetensors) or an original PVDNet-repository file (.pytorch/.pth/.pt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {str(path)!r} does not exist")
-    if path.suffix.lower() in ORIGINAL_SUFFIXES:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        architecture, converted = weights.from_original(state_dict)
-        return weights.build(architecture, converted)
-    return weights.load(path)
-
-
 def load_bimnet(path: str | Path) -> BIMNet:
     """BIMNet from a stage-1 output, a full (DeblurNet) checkpoint, or the official `BIMNet.pytorch`."""
-    network = load_network(path)
-    if isinstance(network, DeblurNet):
-        return network.bimnet
-    if isinstance(network, BIMNet):
-        return network
-    raise ValueError(f"{path}: holds a {type(network).__name__}, not a BIMNet or a full model")
+    return weights.load_network(path, expect="bimnet")
 
 
 def load_pvdnet(path: str | Path, large: bool) -> PVDNet:
-    """PVDNet / PVDNet-large from a pvd or original checkpoint (alone or inside a full model)."""
-    network = load_network(path)
-    if isinstance(network, DeblurNet):
-        network = network.pvdnet
-    if not isinstance(network, PVDNet) or isinstance(network, PVDNetLarge) != large:
-        want = "PVDNetLarge" if large else "PVDNet"
-        raise ValueError(f"{path}: holds a {type(network).__name__}, model.large={large} needs a {want}")
-    return network
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for "bf16", and for "auto" on a CUDA device with bf16 support; None (fp32) otherwise."""
-    if precision == "bf16":
-        if device.type != "cuda":
-            raise ValueError("run.precision='bf16' needs a CUDA device; the CPU trains in fp32")
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    return ((x.float() + 1) / 2).clamp(0, 1)
+    """PVDNet / PVDNet-large (model.large) from a pvd or original checkpoint (alone or inside a full model)."""
+    return weights.load_network(path, expect="pvdnet_large" if large else "pvdnet")
 
 
 class Trainer:
@@ -99,7 +61,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, device: torch.device, distributed: bool = False):
         self.config = config
         self.device = device
-        self.autocast_dtype = autocast_dtype(config.run.precision, device)
+        # bf16 autocast on a CUDA device that has it ("auto"); fp32 otherwise (fp16 would need loss scaling)
+        self.autocast_dtype = resolve_precision(config.run.precision, device, fp16_fallback=False)
         self.model, self.trained = self._build()
         self.model.to(device)
         self.net: nn.Module = self.trained
@@ -161,7 +124,7 @@ class BIMNetTrainer(Trainer):
     """Stage 1: BIMNet with the blur-invariant loss (plus `loss.flow_epe_weight` x EPE against GT flow).
 
     Always fp32: BIMNet does not run under autocast (its warps would mix bf16 flows with fp32 images), and the
-    pipeline runs it in fp32 anyway. run.precision='auto' means fp32 here, 'bf16' is refused.
+    deblurring runs it in fp32 anyway. run.precision='auto' means fp32 here, 'bf16' is refused.
     """
 
     stage = "bimnet"
@@ -207,7 +170,7 @@ class BIMNetTrainer(Trainer):
             sharp = self._frames(clip, "sharp").unsqueeze(0)
             for t in range(1, blurry.shape[1]):
                 flows = blur_invariant_flows(bimnet, blurry[:, t - 1], blurry[:, t], sharp[:, t - 1], sharp[:, t])
-                unit_prev, unit_curr = _to_unit(sharp[:, t - 1]), _to_unit(sharp[:, t])
+                unit_prev, unit_curr = to_unit(sharp[:, t - 1], clamp=True), to_unit(sharp[:, t], clamp=True)
                 losses.append(torch.stack([masked_warp_error(f, unit_prev, unit_curr) for f in flows.values()]).mean())
                 warped = kernels.warp(unit_prev, flows["bb"])
                 psnrs.append(metrics.psnr(warped.clamp(0, 1), unit_curr).mean())
@@ -215,7 +178,7 @@ class BIMNetTrainer(Trainer):
                     gt = self._frames(clip, "flow")[t - 1].unsqueeze(0)
                     epes.append(torch.stack([end_point_error(f, gt) for f in flows.values()]).mean())
                 if not panels:
-                    panels = [blurry[0, t], warped[0] * 2 - 1, sharp[0, t]]
+                    panels = [blurry[0, t], to_signed(warped[0]), sharp[0, t]]
         self.trained.train()
         scalars = {"val/flow_loss": float(torch.stack(losses).mean()),
                    "val/warp_psnr": float(torch.stack(psnrs).mean())}
@@ -246,37 +209,32 @@ class PVDNetTrainer(Trainer):
 
     def train_clip(self, batch, max_steps=None):
         blurry, sharp = self._frames(batch, "blurry"), self._frames(batch, "sharp")
-        runner = SimpleNamespace(bimnet=self.model.bimnet, pvdnet=self.net)
         self.trained.train()
         deblurred_prev = blurry[:, 0]
         records = []
         for t in range(1, blurry.shape[1] - 1):
             if max_steps is not None and self.step >= max_steps:
                 break
-            out = pipeline.deblur_step(runner, blurry[:, t - 1], blurry[:, t], blurry[:, t + 1], deblurred_prev,
-                                       autocast_dtype=self.autocast_dtype)
+            out = deblurring.deblur_step(self.model.bimnet, self.net, blurry[:, t - 1], blurry[:, t],
+                                         blurry[:, t + 1], deblurred_prev, autocast_dtype=self.autocast_dtype)
             records.append(self._optimizer_step(deblur_loss(out, sharp[:, t])))
             deblurred_prev = out.detach()
         return records
 
     @torch.no_grad()
     def validate(self, clips):
-        """Recurrent deblurring of each whole clip (frame t uses clamp(t-1), t, clamp(t+1)); PSNR on frames 2..N."""
+        """Recurrent deblurring of each whole clip (`pvd.nets.run_clip`); PSNR on frames 2..N."""
         model = self.model.eval()
         psnrs, panels = [], []
         for clip in clips:
             blurry = self._frames(clip, "blurry").unsqueeze(0)
             sharp = self._frames(clip, "sharp").unsqueeze(0)
-            last = blurry.shape[1] - 1
-            deblurred_prev = blurry[:, 0]
-            for t in range(last + 1):
-                out = pipeline.deblur_step(model, blurry[:, max(t - 1, 0)], blurry[:, t], blurry[:, min(t + 1, last)],
-                                           deblurred_prev, autocast_dtype=self.autocast_dtype)
-                deblurred_prev = out
+            frames = blurry.unbind(1)
+            for t, _, out in run_clip(model, frames, autocast_dtype=self.autocast_dtype):
                 if t >= 1:
-                    psnrs.append(metrics.psnr(_to_unit(out), _to_unit(sharp[:, t])).mean())
+                    psnrs.append(metrics.psnr(to_unit(out, clamp=True), to_unit(sharp[:, t], clamp=True)).mean())
             if not panels:
-                panels = [blurry[0, last], out[0].clamp(-1, 1), sharp[0, last]]
+                panels = [frames[-1][0], out[0].clamp(-1, 1), sharp[0, -1]]
         self.trained.train()
         return {"val/psnr": float(torch.stack(psnrs).mean())}, panels
 
@@ -291,7 +249,8 @@ class JointObjective(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(self, prev, curr, next_, deblurred_prev, sharp_prev, sharp_curr):
-        out = pipeline.deblur_step(self.model, prev, curr, next_, deblurred_prev, autocast_dtype=self.autocast_dtype)
+        out = deblurring.deblur_step(self.model.bimnet, self.model.pvdnet, prev, curr, next_, deblurred_prev,
+                                     autocast_dtype=self.autocast_dtype)
         flow_loss, parts = blur_invariant_loss(self.model.bimnet, prev, curr, sharp_prev, sharp_curr)
         return out, deblur_loss(out, sharp_curr), flow_loss, parts
 
@@ -311,15 +270,14 @@ class JointTrainer(PVDNetTrainer):
         model_config = self.config.model
         model = DeblurNet(BIMNet(), PVDNetLarge() if model_config.large else PVDNet())
         if model_config.init_weights:
-            network = load_network(model_config.init_weights)
-            if not isinstance(network, DeblurNet) or isinstance(network.pvdnet, PVDNetLarge) != model_config.large:
-                raise ValueError(f"{model_config.init_weights}: stage 'joint' starts from a full model "
-                                 f"(BIMNet + {'PVDNetLarge' if model_config.large else 'PVDNet'}), "
-                                 f"got a {type(network).__name__}")
+            network = weights.load_network(model_config.init_weights, expect="deblurnet")
+            if isinstance(network.pvdnet, PVDNetLarge) != model_config.large:
+                raise ValueError(f"{model_config.init_weights}: model.large={model_config.large} needs "
+                                 f"{'PVDNetLarge' if model_config.large else 'PVDNet'} inside the full model")
             model.load_state_dict(network.state_dict())
         else:
             xavier_init(model, model_config.init_gain)
-        return model, JointObjective(model, autocast_dtype(self.config.run.precision, self.device))
+        return model, JointObjective(model, self.autocast_dtype)
 
     def train_clip(self, batch, max_steps=None):
         blurry, sharp = self._frames(batch, "blurry"), self._frames(batch, "sharp")

@@ -1,4 +1,5 @@
-"""The deblurring pipeline: size policies, the recurrent streaming runner, frame formats, Triton vs reference.
+"""The deblurring step and its clip runner (size policies, the recurrence), the streaming deblurrer (frame
+formats), Triton vs reference.
 
 Most tests use small stand-in networks (checking the size multiples the real ones need) and the PyTorch
 reference kernels (TRITON_INTERPRET=0); the real networks run at tiny sizes, and one end-to-end test runs the
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvd import kernels, pipeline
+from pvd import frames as pvd_frames
+from pvd import kernels, runtime, weights
 from pvd.nets import DeblurNet
-from pvd.pipeline import VideoDeblurrer, deblur_frames, deblur_step, estimate_flow
+from pvd.nets.step import deblur_step, estimate_flow, output_size
+from pvd.stream import VideoDeblurrer, deblur_frames
 
 
 class StandInBIMNet(nn.Module):
@@ -82,7 +85,7 @@ SIZES = [(36, 52), (35, 47), (20, 24), (7, 5)]
 def test_pad_policy_returns_the_input_size(height, width):
     model = StandInModel()
     prev, curr, nxt = _frames(3, height, width, batch=2)
-    out = deblur_step(model, prev, curr, nxt, prev, size_policy="pad")
+    out = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, prev, size_policy="pad")
     assert out.shape == (2, 3, height, width) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
 
@@ -91,24 +94,24 @@ def test_pad_policy_returns_the_input_size(height, width):
 def test_original_policy_crops_to_a_multiple_of_4(height, width):
     model = StandInModel()
     prev, curr, nxt = _frames(3, height, width)
-    out = deblur_step(model, prev, curr, nxt, prev, size_policy="original")
+    out = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, prev, size_policy="original")
     assert out.shape == (1, 3, height - height % 4, width - width % 4)
     # The cropped output can be fed back as the previous output.
-    again = deblur_step(model, curr, nxt, nxt, out, size_policy="original")
+    again = deblur_step(model.bimnet, model.pvdnet, curr, nxt, nxt, out, size_policy="original")
     assert again.shape == out.shape
 
 
 def test_original_policy_rejects_frames_without_a_multiple_of_4_crop():
     prev, curr, nxt = _frames(3, 3, 9)
     with pytest.raises(ValueError, match="pad"):
-        deblur_step(StandInModel(), prev, curr, nxt, prev, size_policy="original")
+        deblur_step(StandInBIMNet(), StandInPVDNet(), prev, curr, nxt, prev, size_policy="original")
 
 
 def test_policies_agree_when_the_size_is_a_multiple_of_32():
     model = StandInModel()
     prev, curr, nxt, deblurred = _frames(4, 32, 64)
-    pad = deblur_step(model, prev, curr, nxt, deblurred, size_policy="pad")
-    original = deblur_step(model, prev, curr, nxt, deblurred, size_policy="original")
+    pad = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred, size_policy="pad")
+    original = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred, size_policy="original")
     torch.testing.assert_close(pad, original, rtol=0, atol=0)
 
 
@@ -136,7 +139,7 @@ def test_pad_policy_matches_networks_run_on_the_padded_frames_by_hand():
     volume = kernels.reference.pixel_volume(deblurred, flow[..., :13, :18], curr)
     net_input = [F.pad(x, (0, 2, 0, 3), mode="replicate") for x in (volume, prev, curr, nxt)]
     expected = model.pvdnet(*net_input)[..., :13, :18]
-    torch.testing.assert_close(deblur_step(model, prev, curr, nxt, deblurred), expected)
+    torch.testing.assert_close(deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred), expected)
 
 
 @pytest.mark.parametrize("size_policy", ["pad", "original"])
@@ -146,8 +149,8 @@ def test_real_networks_on_odd_and_small_frames(size_policy):
     for height, width in ((35, 47), (20, 24)):
         prev, curr, nxt = _frames(3, height, width)
         with torch.inference_mode():
-            out = deblur_step(model, prev, curr, nxt, prev, size_policy=size_policy)
-        assert out.shape[-2:] == pipeline.output_size(height, width, size_policy)
+            out = model(prev, curr, nxt, prev, size_policy=size_policy)
+        assert out.shape[-2:] == output_size(height, width, size_policy)
         assert torch.isfinite(out).all()
 
 
@@ -224,7 +227,7 @@ def test_numpy_and_tensor_paths_agree():
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8) for _ in range(3)]
     as_uint8 = list(deblur_frames(model, frames, device="cpu"))
-    as_float = list(deblur_frames(model, [pipeline.frame_to_tensor(f, torch.device("cpu"))[0] for f in frames],
+    as_float = list(deblur_frames(model, [pvd_frames.frame_to_tensor(f, torch.device("cpu"))[0] for f in frames],
                                   device="cpu"))
     for u8, fl in zip(as_uint8, as_float):
         want = ((fl.clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).numpy()
@@ -243,9 +246,9 @@ def test_bad_options():
         VideoDeblurrer(StandInModel(), device="cpu", size_policy="crop")
     with pytest.raises(ValueError, match="CUDA"):
         VideoDeblurrer(StandInModel(), device="cpu", precision="bf16")
-    assert pipeline.resolve_precision("auto", torch.device("cpu")) is None
+    assert runtime.resolve_precision("auto", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="precision"):
-        pipeline.resolve_precision("int8", torch.device("cpu"))
+        runtime.resolve_precision("int8", torch.device("cpu"))
 
 
 def test_triton_path_matches_the_reference_path(device, monkeypatch):
@@ -263,20 +266,20 @@ def test_triton_path_matches_the_reference_path(device, monkeypatch):
     monkeypatch.setattr(kernels.reference, "pixel_volume", counting_reference)
     with torch.inference_mode():
         monkeypatch.setenv("TRITON_INTERPRET", "0")
-        reference = deblur_step(model, frames[0], frames[1], frames[1], frames[0])
+        reference = model(frames[0], frames[1], frames[1], frames[0])
         assert len(reference_calls) == 1
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         model_on_device = model.to(device)
-        triton = deblur_step(model_on_device, *(f.to(device) for f in (frames[0], frames[1], frames[1], frames[0])))
+        triton = model_on_device(*(f.to(device) for f in (frames[0], frames[1], frames[1], frames[0])))
         assert len(reference_calls) == 1, "the Triton run fell back to the reference kernels"
     torch.testing.assert_close(triton.cpu(), reference, rtol=1e-4, atol=1e-4)
 
 
 def test_packaged_demo_weights_are_the_repository_weights():
     """A wheel carries pvd/assets/pvd_demo.safetensors (package data); in the repository it links to weights/."""
-    assert pipeline.REPOSITORY_WEIGHTS.is_file()
-    assert pipeline.PACKAGED_WEIGHTS.resolve() == pipeline.REPOSITORY_WEIGHTS.resolve()
-    assert pipeline.DEFAULT_WEIGHTS == pipeline.REPOSITORY_WEIGHTS
+    assert weights.REPOSITORY_WEIGHTS.is_file()
+    assert weights.PACKAGED_WEIGHTS.resolve() == weights.REPOSITORY_WEIGHTS.resolve()
+    assert weights.DEFAULT_WEIGHTS == weights.REPOSITORY_WEIGHTS
 
 
 class VolumeFormatPVDNet(StandInPVDNet):
@@ -302,7 +305,7 @@ def test_volume_arrives_in_the_dtype_and_layout_pvdnet_consumes(autocast_dtype, 
         pvdnet.to(memory_format=torch.channels_last)
     model = StandInModel(pvdnet=pvdnet)
     prev, curr, nxt, deblurred = _frames(4, 12, 16)
-    out = deblur_step(model, prev, curr, nxt, deblurred, autocast_dtype=autocast_dtype)
+    out = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred, autocast_dtype=autocast_dtype)
     assert pvdnet.seen == [(autocast_dtype or torch.float32, channels_last, not channels_last,
                             autocast_dtype is not None)]
     # The float32 volume cast by hand gives the same step output (the direct emission is bit-identical).
@@ -314,12 +317,12 @@ def test_volume_arrives_in_the_dtype_and_layout_pvdnet_consumes(autocast_dtype, 
         return original_pixel_volume(image, flow, fill, kernel_size)
 
     monkeypatch.setattr(kernels, "pixel_volume", float32_volume)
-    expected = deblur_step(model, prev, curr, nxt, deblurred, autocast_dtype=autocast_dtype)
+    expected = deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred, autocast_dtype=autocast_dtype)
     assert asked == [{"out_dtype": autocast_dtype, "channels_last": channels_last}]
     assert torch.equal(out, expected)
     # Autocast enabled by the caller (no autocast_dtype given) is honoured the same way.
     pvdnet.seen.clear()
     monkeypatch.setattr(kernels, "pixel_volume", original_pixel_volume)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        deblur_step(model, prev, curr, nxt, deblurred)
+        deblur_step(model.bimnet, model.pvdnet, prev, curr, nxt, deblurred)
     assert pvdnet.seen[0][0] == torch.bfloat16

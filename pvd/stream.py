@@ -1,0 +1,275 @@
+"""Streaming deblurring of videos: `VideoDeblurrer` (a clip pushed frame by frame), `deblur_frames` and
+`deblur_video` (files and folders in, files and folders out, decoding and encoding in threads).
+
+The recurrence is `pvd.nets.step.Recurrence` (frame t uses frames clamp(t-1), t, clamp(t+1) and the previous
+output; the first frame's previous output is the first blurry frame); this module adds frame formats (numpy
+uint8/uint16 or tensors, `pvd.frames`), device and precision (`pvd.runtime`) and file handling (`pvd.video_io`).
+B clips run in lockstep when given (B, ...) frames. PVDNet runs under bf16/fp16 autocast on CUDA; BIMNet, the
+flow and the pixel volume stay fp32; the CPU runs fp32.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import video_io
+from .frames import FrameFormat, frame_to_tensor, tensor_to_frame
+from .nets.step import Recurrence, bound_step, check_size_policy, drive, place
+from .runtime import resolve_device, resolve_precision
+from .weights import load_model
+
+OUTPUT_FORMATS = ("png", "mp4", "both")
+IO_QUEUE_DEPTH = 4  # frames decoded ahead / awaiting encoding, per video
+IO_POLL_SECONDS = 0.1
+
+
+class VideoDeblurrer:
+    """Recurrent, streaming deblurring of one clip, or of B clips in lockstep.
+
+    Feed frames in order with `push` (returns the output for the frame before, once its next frame is
+    known, else None) and call `flush` at the end; or iterate `run(frames)`. Frames: numpy RGB uint8/uint16
+    (H, W, 3) or (B, H, W, 3), or float tensors (3, H, W) / (B, 3, H, W) in [-1, 1]; outputs come back in the
+    same format (numpy clamped and rounded; tensors float, not clamped, on the input's device). Only a
+    3-frame window and the previous output are kept.
+
+    model: a `pvd.nets.DeblurNet` or anything holding `.bimnet` and `.pvdnet` (moved to `device`, put in eval mode). precision: 'auto' | 'fp32' |
+    'bf16' | 'fp16' (autocast only on CUDA). channels_last: PVDNet in channels_last (default: on CUDA).
+    compile: wrap both networks in torch.compile.
+    """
+
+    def __init__(self, model, device: str | torch.device = "auto", precision: str = "auto",
+                 size_policy: str = "pad", channels_last: bool | None = None, compile: bool = False):
+        check_size_policy(size_policy)
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.size_policy = size_policy
+        self.model = model = place(model, self.device, channels_last)
+        self._recurrence = Recurrence(bound_step(model, size_policy, self.autocast_dtype, compile))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the clip: the next pushed frame starts a new one."""
+        self._format: FrameFormat | None = None
+        self._recurrence.reset()
+
+    @property
+    def frames_in(self) -> int:
+        return self._recurrence.frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self._recurrence.frames_out
+
+    @torch.inference_mode()
+    def push(self, frame):
+        """Add the next frame; returns the deblurred previous frame (None after the first frame)."""
+        frame_format = FrameFormat.of(frame)
+        if self._format is None:
+            self._format = frame_format
+        elif (frame_format.kind, frame_format.shape) != (self._format.kind, self._format.shape):
+            raise ValueError(f"frame {self.frames_in} has shape {frame_format.shape} ({frame_format.kind}), "
+                             f"the clip's first frame {self._format.shape} ({self._format.kind})")
+        return self._handed_back(self._recurrence.push(frame_to_tensor(frame, self.device)))
+
+    @torch.inference_mode()
+    def flush(self):
+        """Deblur the last pushed frame (its next frame is itself) and end the clip; None if nothing is pending."""
+        out = self._handed_back(self._recurrence.flush())
+        self._format = None
+        return out
+
+    def _handed_back(self, result):
+        return None if result is None else tensor_to_frame(result[2], self._format)
+
+    def run(self, frames: Iterable) -> Iterator:
+        """Deblur a whole clip, streaming: yields one output per input frame, in order."""
+        self.reset()
+        yield from drive(self.push, self.flush, frames)
+
+
+def deblur_frames(model, frames: Iterable, **options) -> Iterator:
+    """Generator: deblurred frames of the clip `frames`, one per input, in order (see `VideoDeblurrer`).
+
+    options: device, precision, size_policy, channels_last, compile.
+    """
+    yield from VideoDeblurrer(model, **options).run(frames)
+
+
+# --------------------------------------------------------------------------------------------- video files
+
+
+@dataclass
+class VideoResult:
+    """What `deblur_video` did for one input video."""
+
+    name: str
+    frames: int
+    seconds: float
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _output_paths(output: Path, fmt: str, video: video_io.Video, single: bool) -> tuple[Path | None, Path | None]:
+    """(frames_dir, mp4_path) for one video. Single video: frames go to OUTPUT (an .mp4 suffix stripped) and
+    the mp4 to OUTPUT.mp4 (OUTPUT itself when it ends in .mp4); a collection: OUTPUT/<name>/ and OUTPUT/<name>.mp4.
+    """
+    if single:
+        base = output.with_suffix("") if output.suffix.lower() == ".mp4" else output
+    else:
+        base = output / video.name
+    frames_dir = base if fmt in ("png", "both") else None
+    mp4_path = base.parent / f"{base.name}.mp4" if fmt in ("mp4", "both") else None
+    return frames_dir, mp4_path
+
+
+def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=None,  # noqa: A002
+                 weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+                 size_policy: str = "pad", side_by_side: bool = False, format: str | None = None,  # noqa: A002
+                 allow_untrained: bool = False, overwrite: bool = False, progress: bool = True,
+                 compile: bool = False) -> list[VideoResult]:
+    """Deblur every video at `input` (video file, frame folder, or folder of those) into `output`.
+
+    format: 'png' (a folder of frames), 'mp4', or 'both'; default: 'mp4' if output ends in .mp4, else 'png'.
+    Output names: see `_output_paths`. Each output has the input's frame count and size ('original' size
+    policy: the multiple-of-4 crop; side_by_side: input | output, twice as wide). Outputs appear only when
+    complete; on error no partial output remains (videos finished before it stay). model: a loaded model,
+    else `load_model(weights, allow_untrained=...)`. Returns one VideoResult per video.
+    """
+    input_path, output = Path(input), Path(output)
+    check_size_policy(size_policy)
+    fmt = format or ("mp4" if output.suffix.lower() == ".mp4" else "png")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+    if output.suffix.lower() in video_io.VIDEO_SUFFIXES and output.suffix.lower() != ".mp4":
+        raise ValueError(f"{output}: video output is written as .mp4 only")
+    videos = video_io.find_videos(input_path)
+    single = len(videos) == 1 and videos[0].path.resolve() == input_path.resolve()
+    plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
+    for _, frames_dir, mp4_path in plans:
+        for target in (frames_dir, mp4_path):
+            if target is not None and target.exists() and not overwrite:
+                raise video_io.VideoError(f"{target}: output already exists (use overwrite=True / --overwrite)")
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    if model is None:
+        model = load_model(weights, device=dev, allow_untrained=allow_untrained)
+    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy, compile=compile)
+
+    created = _missing_folders(output.parent if single else output)
+    results = []
+    try:
+        for video, frames_dir, mp4_path in plans:
+            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress))
+    except BaseException:
+        for folder in reversed(created):  # the folders this call created, if they stayed empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    return results
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing[::-1]
+
+
+def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp4_path, side_by_side: bool,
+                overwrite: bool, progress: bool) -> VideoResult:
+    """Deblur one video into its outputs; decoding and encoding run in threads, overlapping the networks."""
+    from tqdm import tqdm
+
+    pending_inputs: collections.deque = collections.deque()  # blurry frames awaiting their output (<= 2)
+
+    decoded = _read_ahead(video.frames(), IO_QUEUE_DEPTH)
+
+    def source():
+        for frame in decoded:
+            pending_inputs.append(frame)
+            yield frame
+
+    result = VideoResult(video.name, 0, 0.0)
+    start = time.perf_counter()
+    writer = video_io.VideoWriter(frames_dir, mp4_path, fps=video.fps, frame_names=video.frame_names,
+                                  overwrite=overwrite)
+    bar = tqdm(total=video.frame_count or None, unit="frame", desc=video.name, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with writer, bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvd-write") as encoder:
+            writes: collections.deque = collections.deque()
+            for out in deblurrer.run(source()):
+                blurry = pending_inputs.popleft()
+                if side_by_side:
+                    out = np.concatenate([blurry[: out.shape[0], : out.shape[1]], out], axis=1)
+                writes.append(encoder.submit(writer.write, out))
+                if len(writes) > IO_QUEUE_DEPTH:
+                    writes.popleft().result()  # bounded memory; re-raises a write error here
+                result.frames += 1
+                bar.update(1)
+            while writes:
+                writes.popleft().result()
+    finally:
+        decoded.close()  # stops the reading thread, also after an error
+    result.seconds = time.perf_counter() - start
+    result.outputs = [p for p in (frames_dir, mp4_path) if p is not None]
+    return result
+
+
+def _read_ahead(iterable: Iterable, depth: int) -> Iterator:
+    """Iterate `iterable` in a worker thread, at most `depth` items ahead; its exceptions are raised here.
+
+    Closing the returned generator early (an error downstream) stops the worker.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    finished = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=IO_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((finished, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            put((finished, error))
+
+    worker = threading.Thread(target=work, name="pvd-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is finished:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -20,6 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     CompileSpec,
     check_correlation_args,
@@ -217,7 +218,7 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     max_displacement, stride = check_correlation_args(f1, f2, max_displacement, stride)
     if use_triton(f1):
         return _correlation_op(f1, f2, max_displacement, stride)
-    return reference.correlation(f1, f2, max_displacement, stride)
+    return cpu.correlation(f1, f2, max_displacement, stride)
 
 
 def compile_specs() -> list[CompileSpec]:

@@ -17,6 +17,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     DEFAULT_KERNEL_SIZE,
     CompileSpec,
@@ -249,7 +250,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
     kernel_size = check_pixel_volume_args(image, flow, fill, kernel_size)
     if use_triton(image):
         return _pixel_volume_op(image, flow, fill, kernel_size)
-    return reference.pixel_volume(image, flow, fill, kernel_size)
+    return cpu.pixel_volume(image, flow, fill, kernel_size)
 
 
 def _stride_args(*tensors: str) -> dict:

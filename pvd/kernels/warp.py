@@ -14,6 +14,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     CompileSpec,
     acc_dtype,
@@ -213,7 +214,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     check_warp_args(x, flow)
     if use_triton(x):
         return _warp_op(x, flow)
-    return reference.warp(x, flow)
+    return cpu.warp(x, flow)
 
 
 def compile_specs() -> list[CompileSpec]:

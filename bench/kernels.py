@@ -9,7 +9,7 @@ at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 
 `--quick` divides every height and width by QUICK_DIVISOR (the default on CPU). Flows are Gaussian, sigma
 FLOW_SIGMA_PX pixels.
 
-Providers: `pvd` (the Triton op; GPU only), `reference` (pvd.kernels.reference), `grid_sample` (warp through
+Providers: `pvd` (the Triton op; GPU only), `cpu` (pvd.kernels.cpu, the CPU fallback), `reference` (pvd.kernels.reference), `grid_sample` (warp through
 F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
 original algorithm, 25 nearest-neighbour grid_sample lookups with zero-padded shifted masks). Every provider's
 forward output is checked against `reference` before it is timed (column `check`).
@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
 
-from pvd.kernels import correlation, pixel_volume, reference, warp  # noqa: E402
+from pvd.kernels import correlation, cpu, pixel_volume, reference, warp  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "kernels.csv"
 OPS = ("correlation", "warp", "pixel_volume")
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("pvd", "reference", "grid_sample", "original_loop")
+PROVIDERS = ("pvd", "cpu", "reference", "grid_sample", "original_loop")
 # Speed-ups are printed against these two providers.
 REFERENCE_PROVIDER = "reference"
 ORIGINAL_BASELINE = {"correlation": "reference", "warp": "grid_sample", "pixel_volume": "original_loop"}
@@ -239,6 +239,21 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
 
 
 CASE_BUILDERS = {"correlation": correlation_cases, "warp": warp_cases, "pixel_volume": pixel_volume_cases}
+# Provider `cpu`: the fast CPU ops of pvd.kernels.cpu (what the public ops run on CPU outside the interpreter).
+CPU_OPS = {"correlation": lambda f1, f2, s: cpu.correlation(f1, f2, MAX_DISPLACEMENT, s),
+           "warp": lambda x, flow: cpu.warp(x, flow),
+           "pixel_volume": lambda image, flow, fill: cpu.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL)}
+
+
+def with_cpu_provider(case: Case) -> Case:
+    """`case` with the `cpu` provider added (the correlation's stride is read off the case's size label)."""
+    op = CPU_OPS[case.op]
+    if case.op == "correlation":
+        stride = int(case.size.rsplit(" s", 1)[1])
+        case.providers["cpu"] = lambda f1, f2, s=stride: op(f1, f2, s)
+    else:
+        case.providers["cpu"] = op
+    return case
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Measurement] = []
     start = time.perf_counter()
     for op in args.ops:
-        for case in CASE_BUILDERS[op](quick):
+        for case in map(with_cpu_provider, CASE_BUILDERS[op](quick)):
             measured = measure_case(case, providers, args.modes, device, dtype)
             if on_gpu:
                 torch.cuda.empty_cache()  # the case's inputs are freed by now

@@ -203,3 +203,13 @@ def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
     torch.testing.assert_close(kernels.correlation(x, x, 2, 1), reference.correlation(x, x, 2, 1))
     assert torch.equal(kernels.pixel_volume(x, flow, x), reference.pixel_volume(x, flow, x, 5))
     assert calls == ["warp", "correlation", "pixel_volume"]
+
+
+def test_warp_grid_cache_serves_inference_and_autograd_alike():
+    x, flow = torch.randn(1, 2, 5, 7), torch.randn(1, 2, 5, 7)
+    cpu._GRID_CACHE.clear()
+    with torch.inference_mode():
+        cpu.warp(x, flow)
+    x.requires_grad_()
+    cpu.warp(x, flow).sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(reference.warp(x, flow).sum(), x)[0])

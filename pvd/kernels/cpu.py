@@ -22,7 +22,6 @@ from .reference import acc_dtype
 
 # Width (in output pixels) of the x-tiles of the correlation's batched matmul: (T x C) @ (C x (T + 2d)).
 CORRELATION_TILE = 4
-INT32_LIMIT = 2**31 - 1
 
 
 # ------------------------------------------------------------------------------------------------ warp
@@ -30,20 +29,42 @@ INT32_LIMIT = 2**31 - 1
 
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Bilinear backward warp, as `reference.warp`: x (B, C, H, W), flow (B, 2, H, W) in pixels ->
-    (B, C, H, W); taps outside the image contribute zero; non-finite flow gives zero output and gradient."""
+    (B, C, H, W); taps outside the image contribute zero; non-finite flow gives zero output and gradient.
+
+    The normalised grid is (pixel + flow) * 2 / (size - 1) - 1. A non-finite component becomes a point
+    beyond -2 pixels (its four taps are outside, so it samples 0 with zero gradient: the reference's
+    "non-finite -> 0", as one component outside puts every tap outside), and coordinates are clamped to a
+    band beyond [-2, size + 1] pixels in both axes, where every tap is still outside.
+    """
     _, _, height, width = x.shape
     if height < 2 or width < 2:  # the normalised grid divides by size - 1
         return reference.warp(x, flow)
     dtype = x.dtype
     x, flow = x.to(acc_dtype(dtype)), flow.to(acc_dtype(dtype))
-    position = flow.permute(0, 2, 3, 1) + _pixel_positions(height, width, flow)  # (B, H, W, 2): x, y
-    finite = torch.isfinite(position).all(dim=-1, keepdim=True)
-    low = position.new_tensor(-2.0)  # every tap of a point at -2 is outside
-    high = position.new_tensor([width + 1.0, height + 1.0])
-    position = torch.where(finite, position, low).clamp(min=low, max=high)
-    grid = position * position.new_tensor([2.0 / (width - 1), 2.0 / (height - 1)]) - 1.0
+    scale = _grid_scale(height, width, flow)
+    band = 1.0 + 4.0 * max(2.0 / (width - 1), 2.0 / (height - 1))  # > 2 pixels beyond either border
+    grid = torch.addcmul(_normalised_positions(height, width, flow), flow.permute(0, 2, 3, 1), scale)
+    grid = torch.nan_to_num(grid, nan=-band, posinf=band, neginf=-band).clamp_(-band, band)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.to(dtype)
+
+
+_GRID_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _grid_scale(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    return like.new_tensor([2.0 / (width - 1), 2.0 / (height - 1)])
+
+
+def _normalised_positions(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(H, W, 2) pixel coordinates x, y normalised for grid_sample(align_corners=True); cached per size."""
+    key = (height, width, like.dtype, like.device)
+    if key not in _GRID_CACHE:
+        if len(_GRID_CACHE) > 64:
+            _GRID_CACHE.clear()
+        with torch.inference_mode(False):  # a normal tensor, usable with autograd later
+            _GRID_CACHE[key] = _pixel_positions(height, width, like) * _grid_scale(height, width, like) - 1.0
+    return _GRID_CACHE[key]
 
 
 def _pixel_positions(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -59,53 +80,59 @@ def _pixel_positions(height: int, width: int, like: torch.Tensor) -> torch.Tenso
 def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
     """PVDNet pixel volume, bit-identical to `reference.pixel_volume` (see there for the definition):
     image, fill (B, 3 or 1, H, W); flow (B, 2, H, W) pixels -> (B, k*k, H, W), channel (i+h)*k + (j+h).
-    Differentiable w.r.t. image and fill, not flow."""
+    Differentiable w.r.t. image and fill, not flow.
+
+    At every neighbour q one nearest-neighbour `grid_sample` at q's integer target reads all k*k candidates
+    from the k*k shifted copies of the gray image (an unfold); a mask says which candidates are in the
+    interior. Both are laid out on a grid padded by h, so that candidate (i, j) of pixel p, which belongs
+    to q = p - (j, i), is a strided view; padding points sample outside (0) and count as valid, which gives
+    the 0 of neighbours outside the image. One `where` with the fill writes the volume.
+    """
     batch, _, height, width = flow.shape
     k, half = kernel_size, kernel_size // 2
-    pixels = height * width
+    padded_h, padded_w = height + 2 * half, width + 2 * half
     dtype = image.dtype
     gray_image = reference.to_gray(image.to(acc_dtype(dtype)))
     gray_fill = reference.to_gray(fill.to(acc_dtype(dtype)))
-    # The source of every output value: [gray(image) | gray(fill) | 0] per batch item.
-    per_item = 2 * pixels + 1
-    source = torch.cat([gray_image.reshape(batch, pixels), gray_fill.reshape(batch, pixels),
-                        gray_fill.new_zeros(batch, 1)], dim=1).reshape(-1)
-    index_dtype = torch.int32 if batch * per_item + pixels <= INT32_LIMIT else torch.int64
 
-    # The reference's target arithmetic (same float ops, so the same integers), per neighbour q.
+    # The reference's target arithmetic (same float ops, so the same integers). Targets are then clamped to
+    # [-h, size - 1 + h], where every candidate outside the interior [1, size - 2] stays outside; a
+    # non-finite flow (either component) takes the low end, whose candidates are all outside (the
+    # reference's "not finite -> fill").
     flow = flow.detach().to(acc_dtype(dtype))
-    positions = _pixel_positions(height, width, flow).permute(2, 0, 1)  # (2, H, W)
-    finite = torch.isfinite(flow).all(dim=1)
-    base = torch.where(finite.unsqueeze(1), positions + flow, torch.zeros_like(flow))
-    base_x = base[:, 0].clamp(-half - 2.0, width + half + 2.0).trunc().to(index_dtype)  # (B, H, W)
-    base_y = base[:, 1].clamp(-half - 2.0, height + half + 2.0).trunc().to(index_dtype)
+    low = -half - 2.0
+    xs = torch.arange(width, device=flow.device, dtype=flow.dtype)
+    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(height, 1)
+    target_x = torch.nan_to_num(xs + flow[:, 0], nan=low, posinf=low, neginf=low)
+    target_y = torch.nan_to_num(ys + flow[:, 1], nan=low, posinf=low, neginf=low)
+    target_x = target_x.clamp_(low, width + half + 2.0).trunc_().clamp_(-half, width - 1 + half)  # (B, H, W)
+    target_y = target_y.clamp_(low, height + half + 2.0).trunc_().clamp_(-half, height - 1 + half)
 
-    offsets = torch.arange(-half, half + 1, device=flow.device, dtype=index_dtype).view(1, k, 1, 1)
-    valid_x = finite.unsqueeze(1) & (base_x.unsqueeze(1) + offsets >= 1) & (base_x.unsqueeze(1) + offsets <= width - 2)
-    valid_y = (base_y.unsqueeze(1) + offsets >= 1) & (base_y.unsqueeze(1) + offsets <= height - 2)
-    valid = valid_x.unsqueeze(2) & valid_y.unsqueeze(1)  # (B, k over i, k over j, H, W)
+    # Candidate (i, j) of q is copy (j, i) of the unfold at (target_y + h, target_x + h).
+    extended = F.pad(gray_image, (2 * half,) * 4)
+    row = extended.shape[-1]
+    shifted = extended.as_strided((batch, k, k, padded_h, padded_w), (extended.stride(0), row, 1, row, 1),
+                                  extended.storage_offset()).reshape(batch, k * k, padded_h, padded_w)
+    grid = flow.new_full((batch, padded_h, padded_w, 2), -4.0)  # padding: far outside -> 0
+    grid[:, half:half + height, half:half + width, 0] = (target_x + half) * (2.0 / max(padded_w - 1, 1)) - 1.0
+    grid[:, half:half + height, half:half + width, 1] = (target_y + half) * (2.0 / max(padded_h - 1, 1)) - 1.0
+    candidates = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
 
-    # At q, offset (i, j): the candidate's flat index base + (j, i), else the fill at p = q + (j, i); both
-    # are "index at q" + j*W + i. Item b's source starts at b * per_item.
-    item_start = (torch.arange(batch, device=flow.device, dtype=index_dtype) * per_item).view(batch, 1, 1)
-    q_flat = torch.arange(pixels, device=flow.device, dtype=index_dtype).view(1, height, width)
-    candidate = item_start + base_y * width + base_x
-    fill_at_q = item_start + pixels + q_flat
-    shift = (offsets.view(k, 1) + offsets.view(1, k) * width).view(1, k, k, 1, 1)  # i + j*W
-    at_q = torch.where(valid, candidate.view(batch, 1, 1, height, width),
-                       fill_at_q.view(batch, 1, 1, height, width)) + shift
+    offsets = torch.arange(-half, half + 1, device=flow.device).view(1, k, 1, 1)
+    valid_x = (target_x.unsqueeze(1) + offsets >= 1) & (target_x.unsqueeze(1) + offsets <= width - 2)
+    valid_y = (target_y.unsqueeze(1) + offsets >= 1) & (target_y.unsqueeze(1) + offsets <= height - 2)
+    valid = torch.ones(batch, k, k, padded_h, padded_w, dtype=torch.bool, device=flow.device)  # (i, j) planes
+    valid[..., half:half + height, half:half + width] = valid_x.unsqueeze(2) & valid_y.unsqueeze(1)
 
-    # Move every plane from q to p = q + (j, i): a border of `half` holding each item's zero, then one
-    # strided view whose plane (i, j) starts at row h - j, column h - i of its padded plane.
-    padded_h, padded_w = height + 2 * half, width + 2 * half
-    padded = (item_start + 2 * pixels).view(batch, 1, 1, 1, 1).expand(batch, k, k, padded_h, padded_w).clone()
-    padded[..., half:half + height, half:half + width] = at_q
+    # Plane (i, j) of pixel p reads q = p - (j, i): rows from 2h - j, columns from 2h - i (0-based i, j).
     plane = padded_h * padded_w
-    index = padded.as_strided(
-        (batch, k, k, height, width),
-        (k * k * plane, k * plane - 1, plane - padded_w, padded_w, 1),
-        padded.storage_offset() + 2 * half * padded_w + 2 * half)
-    out = torch.index_select(source, 0, index.reshape(-1))
+    start = 2 * half * padded_w + 2 * half
+    candidates = candidates.as_strided((batch, k, k, height, width),
+                                       (k * k * plane, plane - 1, k * plane - padded_w, padded_w, 1),
+                                       candidates.storage_offset() + start)  # unfold order: (j, i) planes
+    valid = valid.as_strided((batch, k, k, height, width),
+                             (k * k * plane, k * plane - 1, plane - padded_w, padded_w, 1), start)
+    out = torch.where(valid, candidates, gray_fill.unsqueeze(1))
     return out.view(batch, k * k, height, width).to(dtype)
 
 

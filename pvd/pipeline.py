@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import kernels, video_io
+from . import kernels, threads, video_io
 
 SIZE_POLICIES = ("pad", "original")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -278,7 +278,7 @@ class VideoDeblurrer:
     3-frame window and the previous output are kept.
 
     model: has `.bimnet` and `.pvdnet` (moved to `device`, put in eval mode). precision: 'auto' | 'fp32' |
-    'bf16' | 'fp16' (autocast only on CUDA). channels_last: PVDNet in channels_last (default: on CUDA).
+    'bf16' | 'fp16' (autocast only on CUDA). channels_last: PVDNet (and on CPU BIMNet) in channels_last (default).
     compile: wrap both networks in torch.compile.
     """
 
@@ -290,9 +290,11 @@ class VideoDeblurrer:
         self.size_policy = size_policy
         model = model.to(self.device).eval()
         if channels_last is None:
-            channels_last = self.device.type == "cuda"
+            channels_last = True  # also on CPU: PVDNet ~25%, BIMNet ~10-15% faster there (640x352, fp32)
         if channels_last:
             model.pvdnet.to(memory_format=torch.channels_last)
+            if self.device.type == "cpu":
+                model.bimnet.to(memory_format=torch.channels_last)
         self.model = model
         self._nets = SimpleNamespace(bimnet=model.bimnet, pvdnet=model.pvdnet)
         if compile:
@@ -320,6 +322,7 @@ class VideoDeblurrer:
         tensor = frame_to_tensor(frame, self.device)
         self.frames_in += 1
         if self._curr is None:
+            threads.fit_to_frame(*tensor.shape[-2:])
             self._prev = self._curr = self._deblurred = tensor
             return None
         out = self._step(next_frame=tensor)

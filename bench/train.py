@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                             help=f"GPU default {gpu_default}, CPU default {CPU_DEFAULTS[key]}")
     parser.add_argument("--csv", default=str(RESULTS_CSV))
+    parser.add_argument("--label", default="", help="a `label` column for the rows (e.g. before / after; "
+                                                     "use a CSV of its own: train.csv has no such column)")
     args = parser.parse_args(argv)
 
     on_gpu = torch.cuda.is_available()
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             if STAGE_SETTINGS[name][0] == "bimnet" and precision != "fp32":
                 continue  # BIMNet trains in fp32 only (see pvd.training.stages.BIMNetTrainer)
             for compile_ in compiles:
-                rows.append({**measure(name, precision, compile_, args, device), **env_columns(env)})
+                row = {**measure(name, precision, compile_, args, device), **env_columns(env)}
+                rows.append({"label": args.label, **row} if args.label else row)
     append_rows(args.csv, rows)
     print(f"appended {len(rows)} row(s) to {args.csv}")
     return 0

@@ -176,9 +176,9 @@ def test_correlation_non_contiguous_inputs():
 
 @pytest.mark.parametrize("d, s", [(3, 1), (2, 2)])
 def test_correlation_gradcheck(d, s):
-    f1 = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
-    f2 = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: cpu.correlation(a, b, d, s), (f1, f2))
+    f1 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: cpu.correlation(a, b, d, s), (f1, f2), fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

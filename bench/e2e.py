@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     on_gpu = device.type == "cuda"
     if not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("CPU run: the Triton interpreter would take hours at this size; using the PyTorch reference kernels")
+        print("CPU run: the Triton interpreter would take hours at this size; using the CPU kernels (pvd.kernels.cpu)")
         os.environ["TRITON_INTERPRET"] = "0"  # pvd.kernels dispatch at call time
     env = describe_environment()
     print_banner(env)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if on_gpu else 0
     if not on_gpu:
         print(f"CPU run: fp32, eager, {MODEL_NAMES['pvdnet']}, {count} timed frame(s) of {width}x{height}, "
-              f"PyTorch reference kernels - report: seconds per frame (CPU, not a GPU number)")
+              f"CPU kernels (pvd.kernels.cpu) - report: seconds per frame (CPU, not a GPU number)")
     frames = synthetic_clip(count, height, width, device)
 
     rows, roofline_rows = [], []

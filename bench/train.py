@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {unknown}; choose from {sorted(STAGE_SETTINGS)}")
     precisions = [p for p in args.precisions.split(",") if p]
     compiles = [c == "on" for c in args.compile.split(",") if c]
-    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, PyTorch reference kernels
+    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, the CPU kernels (pvd.kernels.cpu)
         os.environ["TRITON_INTERPRET"] = "0"
         precisions, compiles = ["fp32"], [False]
         stages = [s for s in stages if s != "pvdnet_large"]

@@ -14,7 +14,10 @@ the speed does not depend on them, the PSNR column only partly does. `--weights 
 its checkpoint and leaves the others random.
 
 CPU: seconds per frame, fp32, eager, PVDNet only, over --cpu-frames frames (default 1); these rows say
-device "cpu" and are never compared with GPU rows.
+device "cpu" and are never compared with GPU rows. In the same run the machine's conv throughput is measured
+(ROOFLINE_CONV, a large channels_last 3x3 convolution, before and after the step) and the step's FLOP counted
+(FlopCounterMode on meta tensors); bench/results/cpu_roofline.csv gets the step time over the time those FLOP
+take at that throughput (`vs_roofline`), with --label.
 
 `--clip demo`: the frames are the demo clip of `pvd demo` (camera shake over the bundled photograph) rendered
 at --size; with the demo weights (`--weights weights/pvd_demo.safetensors`) `psnr_vs_fp32_db` then measures
@@ -50,6 +53,7 @@ from pvd.nets import DeblurNet  # noqa: E402
 from pvd.stream import VideoDeblurrer  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
+ROOFLINE_CSV = Path(__file__).resolve().parent / "results" / "cpu_roofline.csv"
 MODEL_NAMES = {"pvdnet": "PVDNet", "pvdnet_large": "PVDNet-large"}
 PAN_PIXELS_PER_FRAME = 3  # synthetic camera motion
 PICTURE_GRID = 24  # the random picture is a bilinear upsampling of a grid this coarse, plus fine noise
@@ -144,6 +148,59 @@ def run_config(model, frames, device, precision: str, compile_: bool, warmup: in
     }
 
 
+# ---- CPU roofline: the machine's conv throughput, measured in the same run, against the step's FLOP count ----
+
+# A large 3x3 convolution in channels_last: (batch, channels in, channels out, height, width).
+ROOFLINE_CONV = (1, 128, 128, 256, 256)
+ROOFLINE_RUNS = 5
+
+
+def conv_throughput_gflops(runs: int = ROOFLINE_RUNS) -> float:
+    """GFLOP/s (multiply and add = 2 FLOP) of ROOFLINE_CONV on the CPU with the current threads: median of `runs`."""
+    batch, c_in, c_out, height, width = ROOFLINE_CONV
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, c_in, height, width).contiguous(memory_format=torch.channels_last)
+    flop = 2 * batch * c_in * c_out * 9 * height * width
+    times = []
+    with torch.inference_mode():
+        conv(x)  # warm-up (oneDNN primitive creation)
+        for _ in range(runs):
+            start = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - start)
+    return flop / statistics.median(times) / 1e9
+
+
+def step_gflop(height: int, width: int, large: bool = False) -> float:
+    """FLOP of one deblurring step at height x width (torch.utils.flop_counter on meta tensors: convolutions and
+    matmuls, multiply and add = 2 FLOP), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pvd.pipeline import deblur_step
+
+    with torch.device("meta"):
+        model = DeblurNet(large=large)
+    frames = [torch.empty(1, 3, height, width, device="meta") for _ in range(4)]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        deblur_step(model, *frames)
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_roofline_row(seconds_per_frame: float, conv_gflops: float, width: int, height: int, label: str) -> dict:
+    """The CPU row of ROOFLINE_CSV: step time against the time the step's FLOP would take at conv throughput."""
+    gflop = step_gflop(height, width)
+    roofline_s = gflop / conv_gflops
+    row = {"label": label, "size": f"{width}x{height}", "threads": torch.get_num_threads(),
+           "seconds_per_frame": round(seconds_per_frame, 3), "step_gflop": round(gflop, 1),
+           "conv_gflops": round(conv_gflops, 1), "roofline_s": round(roofline_s, 3),
+           "vs_roofline": round(seconds_per_frame / roofline_s, 3)}
+    print(f"CPU roofline ({label}): conv {row['conv_gflops']} GFLOP/s ({torch.get_num_threads()} threads), step "
+          f"{row['step_gflop']} GFLOP -> {row['roofline_s']} s at that rate; measured {row['seconds_per_frame']} s "
+          f"= {row['vs_roofline']}x the roofline")
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=30, help="timed frames per configuration on the GPU")
@@ -161,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic: a random picture panning; demo: pvd demo's clip at --size")
     parser.add_argument("--dry-run", action="store_true", help="tiny CPU check of the machinery (scripts/gpu_check.sh)")
     add_time_limit_argument(parser)
+    parser.add_argument("--roofline-csv", default=str(ROOFLINE_CSV), help="CPU: step time vs conv throughput")
+    parser.add_argument("--label", default="", help="CPU: a label for the roofline row (e.g. before / after)")
     args = parser.parse_args(argv)
     limit = TimeLimit(args.time_limit)  # from here: rendering the clip and building the models count too
     if args.dry_run:
@@ -172,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     on_gpu = device.type == "cuda"
     if not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("CPU run: the Triton interpreter would take hours at this size; using the PyTorch reference kernels")
+        print("CPU run: the Triton interpreter would take hours at this size; using the CPU kernels (pvd.kernels.cpu)")
         os.environ["TRITON_INTERPRET"] = "0"  # pvd.kernels dispatch at call time
     env = describe_environment()
     print_banner(env)
@@ -183,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if on_gpu else 0
     if not on_gpu:
         print(f"CPU run: fp32, eager, {', '.join(MODEL_NAMES[name] for name in models)}, {count} timed frame(s) of "
-              f"{width}x{height}, PyTorch reference kernels - report: seconds per frame (CPU, not a GPU number)")
+              f"{width}x{height}, CPU kernels (pvd.kernels.cpu) - report: seconds per frame (CPU, not a GPU number)")
     sharp = None
     if args.clip == "demo":
         frames, sharp = demo_clip(count, height, width, device)
@@ -194,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     built = {name: build_model(name, checkpoints[name]) for name in models}
     reference_outputs: dict[str, list[torch.Tensor]] = {}
     rows, failures = 0, 0
+    roofline = not (on_gpu or args.dry_run)  # CPU: the step against the conv throughput measured alongside
+    cpu_conv_gflops = conv_throughput_gflops() if roofline else None  # before and after each step: their mean
     compile_s = COMPILE_RESERVE_S  # grows to the slowest compiled warm-up seen (compilation included)
     for compile_ in sorted(compiles):  # eager first: the PSNR reference, and compiling may not fit the limit
         for name in models:
@@ -218,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: {row['median_ms']} ms/frame (p90 {row['p90_ms']}), {row['frames_per_s']} frames/s, "
                       f"peak {row['peak_mem_mib'] or '-'} MiB, PSNR vs fp32 {row['psnr_vs_fp32_db'] or '-'} dB"
                       + (f", vs sharp {row['psnr_vs_sharp_db']} dB" if sharp is not None else ""), flush=True)
+                if roofline:
+                    conv_gflops = statistics.median([cpu_conv_gflops, conv_throughput_gflops()])
+                    append_rows(args.roofline_csv, [{**cpu_roofline_row(result["seconds_per_frame"], conv_gflops,
+                                                                        width, height, args.label),
+                                                     **env_columns(env)}])
                 if on_gpu:
                     torch.cuda.empty_cache()
     if rows:

@@ -11,7 +11,7 @@ at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 
 FLOW_SIGMA_PX pixels.
 
 Providers: `pvd` (the Triton op; GPU only; for correlation every kernel design of pvd.kernels.correlation side by
-side, rows labelled `pvd[tiled]` and `pvd[legacy]`), `reference` (pvd.kernels.reference), `grid_sample` (warp
+side, rows labelled `pvd[tiled]` and `pvd[legacy]`), `cpu` (pvd.kernels.cpu, the CPU fallback), `reference` (pvd.kernels.reference), `grid_sample` (warp
 through F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
 original algorithm, 25 nearest-neighbour grid_sample lookups with zero-padded shifted masks). Every provider's
 forward output is checked against `reference` before it is timed (column `check`).
@@ -56,14 +56,14 @@ from _env import (  # noqa: E402
     print_banner,
 )
 
-from pvd.kernels import correlation, pixel_volume, reference, warp  # noqa: E402
+from pvd.kernels import correlation, cpu, pixel_volume, reference, warp  # noqa: E402
 
 correlation_module = importlib.import_module("pvd.kernels.correlation")
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "kernels.csv"
 OPS = ("correlation", "warp", "pixel_volume")
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("pvd", "reference", "grid_sample", "original_loop")
+PROVIDERS = ("pvd", "cpu", "reference", "grid_sample", "original_loop")
 # Speed-ups are printed against these two providers.
 REFERENCE_PROVIDER = "reference"
 ORIGINAL_BASELINE = {"correlation": "reference", "warp": "grid_sample", "pixel_volume": "original_loop"}
@@ -316,6 +316,21 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
 
 
 CASE_BUILDERS = {"correlation": correlation_cases, "warp": warp_cases, "pixel_volume": pixel_volume_cases}
+# Provider `cpu`: the fast CPU ops of pvd.kernels.cpu (what the public ops run on CPU outside the interpreter).
+CPU_OPS = {"correlation": lambda f1, f2, s: cpu.correlation(f1, f2, MAX_DISPLACEMENT, s),
+           "warp": lambda x, flow: cpu.warp(x, flow),
+           "pixel_volume": lambda image, flow, fill: cpu.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL)}
+
+
+def with_cpu_provider(case: Case) -> Case:
+    """`case` with the `cpu` provider added (the correlation's stride is read off the case's size label)."""
+    op = CPU_OPS[case.op]
+    if case.op == "correlation":
+        stride = int(case.size.rsplit(" s", 1)[1])
+        case.providers["cpu"] = lambda f1, f2, s=stride: op(f1, f2, s)
+    else:
+        case.providers["cpu"] = op
+    return case
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -531,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Measurement] = []
     start = time.perf_counter()
     for op in args.ops:
-        for case in CASE_BUILDERS[op](quick):
+        for case in map(with_cpu_provider, CASE_BUILDERS[op](quick)):
             if not limit.allows(CASE_RESERVE_S):
                 limit.skip(f"{case.op} {case.size}")
                 continue

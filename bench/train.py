@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=str(RESULTS_CSV))
     parser.add_argument("--dry-run", action="store_true", help="tiny CPU check of the machinery (scripts/gpu_check.sh)")
     add_time_limit_argument(parser)
+    parser.add_argument("--label", default="", help="a `label` column for the rows (e.g. before / after; "
+                                                     "use a CSV of its own: train.csv has no such column)")
     args = parser.parse_args(argv)
 
     on_gpu = torch.cuda.is_available()
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {unknown}; choose from {sorted(STAGE_SETTINGS)}")
     precisions = [p for p in args.precisions.split(",") if p]
     compiles = [c == "on" for c in args.compile.split(",") if c]
-    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, PyTorch reference kernels
+    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, the CPU kernels (pvd.kernels.cpu)
         os.environ["TRITON_INTERPRET"] = "0"
         precisions, compiles = ["fp32"], [False]
         stages = [s for s in stages if s != "pvdnet_large" or args.dry_run]
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         share_s = limit.left() / (len(configs) - index)
         row = measure(name, precision, compile_, args, device, share_s)
-        append_rows(args.csv, [{**row, **env_columns(env)}])  # at once: a killed run keeps its rows
+        row = {**row, **env_columns(env)}
+        append_rows(args.csv, [{"label": args.label, **row} if args.label else row])  # at once: a killed run keeps its rows
         rows += 1
     print(f"appended {rows} row(s) to {args.csv}")
     return 0 if rows else 1

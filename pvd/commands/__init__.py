@@ -25,8 +25,19 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_model_options(parser: argparse.ArgumentParser, size_policy: bool = True) -> None:
-    """The options that pick and run the model: --weights, --device, --precision (and --size-policy)."""
+    """The options that pick and run the model: --weights, --device, --precision, --threads (and --size-policy).
+    `pvd.cli` applies --threads (`pvd.threads.configure`) before the command runs."""
     from pvd import runtime
     from pvd.nets.step import SIZE_POLICIES
     from pvd.weights import DEFAULT_WEIGHTS
@@ -37,6 +48,9 @@ def add_model_options(parser: argparse.ArgumentParser, size_policy: bool = True)
     parser.add_argument("--device", choices=runtime.DEVICES, default="auto")
     parser.add_argument("--precision", choices=runtime.PRECISIONS, default="auto",
                         help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads of PyTorch (default: the CPUs this process may use minus the machine's "
+                             "load, 1 for frames under 160x160; see pvd/threads.py)")
     if size_policy:
         parser.add_argument("--size-policy", choices=SIZE_POLICIES, default="pad",
                             help="pad: any size, full frames out (default); original: the original code's "

@@ -33,6 +33,7 @@ from torch.library import triton_op, wrap_triton
 
 from . import _correlation_legacy as legacy
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import check_correlation_args, tl_acc_dtype, use_triton
 
 KERNEL_ENV = "PVD_CORRELATION_KERNEL"
@@ -285,9 +286,10 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     Returns (B, D*D, ceil(H/s), ceil(W/s)) in the inputs' dtype, D = 2*max_displacement + 1, s = stride;
     channel (dy+d)*D + (dx+d) holds displacement (dy, dx) in grid steps of s pixels, f2 zero outside the
     image. Differentiable w.r.t. f1 and f2. CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
-    Triton kernels of `kernel_design()`, other CPU tensors `reference.correlation`.
+    Triton kernels of `kernel_design()`, other CPU tensors `cpu.correlation` (the fast CPU twin of
+    `reference.correlation`).
     """
     max_displacement, stride = check_correlation_args(f1, f2, max_displacement, stride)
     if use_triton(f1):
         return _correlation_op(f1, f2, max_displacement, stride, kernel_design())
-    return reference.correlation(f1, f2, max_displacement, stride)
+    return cpu.correlation(f1, f2, max_displacement, stride)

@@ -22,6 +22,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     DEFAULT_KERNEL_SIZE,
     acc_dtype,
@@ -378,9 +379,10 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
     fill, not flow. out_dtype / channels_last: emit the volume directly in that dtype / memory format, bit for
     bit `volume.to(out_dtype).contiguous(memory_format=torch.channels_last)` of the default output, in one pass
     (what PVDNet's first convolution consumes under autocast). CUDA tensors (and CPU tensors under
-    TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `reference.pixel_volume`.
+    TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `cpu.pixel_volume` (bit-identical to
+    `reference.pixel_volume`).
     """
     kernel_size = check_pixel_volume_args(image, flow, fill, kernel_size, out_dtype, channels_last)
     if use_triton(image):
         return _pixel_volume_op(image, flow, fill, kernel_size, out_dtype or image.dtype, channels_last)
-    return reference.pixel_volume(image, flow, fill, kernel_size, out_dtype=out_dtype, channels_last=channels_last)
+    return cpu.pixel_volume(image, flow, fill, kernel_size, out_dtype=out_dtype, channels_last=channels_last)

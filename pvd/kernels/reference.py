@@ -146,7 +146,11 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
             use_candidate = _shift(valid.unsqueeze(1).to(gray_fill.dtype), j, i)
             q_inside = _shift(inside_image, j, i)
             planes.append(torch.where(use_candidate > 0, candidate, torch.where(q_inside > 0, gray_fill, 0.0)))
-    volume = torch.cat(planes, dim=1).to(dtype)
+    return volume_format(torch.cat(planes, dim=1).to(dtype), out_dtype, channels_last)
+
+
+def volume_format(volume: torch.Tensor, out_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    """The pixel volume in the dtype (None: unchanged) and memory format asked for (one cast, one copy)."""
     if out_dtype is not None:
         volume = volume.to(out_dtype)
     return volume.contiguous(memory_format=torch.channels_last) if channels_last else volume

@@ -14,6 +14,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import reference
+from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     acc_dtype,
     check_warp_args,
@@ -213,9 +214,10 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Bilinear backward warp of `x` (B, C, H, W) by `flow` (B, 2, H, W) in pixels (x then y); zero padding.
 
     Returns (B, C, H, W) in x's dtype. Differentiable w.r.t. x and flow. CUDA tensors (and CPU tensors
-    under TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `reference.warp`.
+    under TRITON_INTERPRET=1) run the Triton kernels, other CPU tensors `cpu.warp` (`grid_sample`, equal to
+    `reference.warp`).
     """
     check_warp_args(x, flow)
     if use_triton(x):
         return _warp_op(x, flow)
-    return reference.warp(x, flow)
+    return cpu.warp(x, flow)

@@ -57,7 +57,8 @@ FLOW_HEAD_INIT_SCALE = 0.1
 
 
 def _leaky_relu() -> nn.LeakyReLU:
-    return nn.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
+    """In place: every one follows a conv (or the cost volume), whose output nothing else reads."""
+    return nn.LeakyReLU(negative_slope=NEGATIVE_SLOPE, inplace=True)
 
 
 def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) -> nn.Sequential:
@@ -135,13 +136,13 @@ class Matching(nn.Module):
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor, coarse_flow: torch.Tensor | None) -> torch.Tensor:
         if self.feature_proj is not None:
-            f1 = F.leaky_relu(self.feature_proj(f1), NEGATIVE_SLOPE)
-            f2 = F.leaky_relu(self.feature_proj(f2), NEGATIVE_SLOPE)
+            f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
+            f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
         flow = None
         if coarse_flow is not None:
             flow = self.upsample_flow(coarse_flow)
             f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
-        cost = F.leaky_relu(cost_volume(f1, f2, CORRELATION_STRIDE[self.level]), NEGATIVE_SLOPE)
+        cost = F.leaky_relu_(cost_volume(f1, f2, CORRELATION_STRIDE[self.level]), NEGATIVE_SLOPE)
         if self.upsample_cost is not None:
             cost = self.upsample_cost(cost)
         update = self.flow_head(cost)
@@ -160,8 +161,8 @@ class Subpixel(nn.Module):
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         if self.feature_proj is not None:
-            f1 = F.leaky_relu(self.feature_proj(f1), NEGATIVE_SLOPE)
-            f2 = F.leaky_relu(self.feature_proj(f2), NEGATIVE_SLOPE)
+            f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
+            f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
         f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
         return flow + self.flow_head(torch.cat([f1, f2, flow], dim=1))
 
@@ -200,7 +201,7 @@ class Regularization(nn.Module):
         brightness_error = (image1 - warped).square().sum(dim=1, keepdim=True).sqrt().detach()
         mean_free_flow = flow - flow.mean(dim=(2, 3), keepdim=True)
         if self.feature_proj is not None:
-            f1 = F.leaky_relu(self.feature_proj(f1), NEGATIVE_SLOPE)
+            f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
         distance = self.distance(self.trunk(torch.cat([brightness_error, mean_free_flow, f1], dim=1)))
         logits = -distance.square()
         weights = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # (B, k*k, h, w), unnormalised

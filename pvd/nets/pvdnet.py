@@ -48,23 +48,23 @@ class PVDNet(nn.Module):
     def __init__(self, res_channels: int = 128, num_res_blocks: int = 12):
         super().__init__()
         self.volume_encoder = nn.Sequential(
-            _conv(PIXEL_VOLUME_CHANNELS, VOLUME_FEATURES, 3), nn.ReLU(),
-            _conv(VOLUME_FEATURES, VOLUME_FEATURES, 3), nn.ReLU())
+            _conv(PIXEL_VOLUME_CHANNELS, VOLUME_FEATURES, 3), nn.ReLU(inplace=True),
+            _conv(VOLUME_FEATURES, VOLUME_FEATURES, 3), nn.ReLU(inplace=True))
         self.image_encoder = nn.Sequential(
-            _conv(9, IMAGE_FEATURES, 3), nn.ReLU(),
-            _conv(IMAGE_FEATURES, IMAGE_FEATURES, 3), nn.ReLU())
+            _conv(9, IMAGE_FEATURES, 3), nn.ReLU(inplace=True),
+            _conv(IMAGE_FEATURES, IMAGE_FEATURES, 3), nn.ReLU(inplace=True))
         self.fuse = _conv(VOLUME_FEATURES + IMAGE_FEATURES, CHANNELS, 5)
         self.down_half = nn.Sequential(
-            _conv(CHANNELS, CHANNELS, 5, stride=2), nn.ReLU(),
+            _conv(CHANNELS, CHANNELS, 5, stride=2), nn.ReLU(inplace=True),
             _conv(CHANNELS, CHANNELS, 5))
         self.down_quarter = nn.Sequential(
-            _conv(CHANNELS, 2 * CHANNELS, 5, stride=2), nn.ReLU(),
-            _conv(2 * CHANNELS, res_channels, 5), nn.ReLU())
+            _conv(CHANNELS, 2 * CHANNELS, 5, stride=2), nn.ReLU(inplace=True),
+            _conv(2 * CHANNELS, res_channels, 5), nn.ReLU(inplace=True))
         self.res_blocks = nn.ModuleList(
-            nn.Sequential(_conv(res_channels, res_channels, 3), nn.ReLU(),
-                          _conv(res_channels, res_channels, 3), nn.ReLU())
+            nn.Sequential(_conv(res_channels, res_channels, 3), nn.ReLU(inplace=True),
+                          _conv(res_channels, res_channels, 3), nn.ReLU(inplace=True))
             for _ in range(num_res_blocks))
-        self.res_end = nn.Sequential(_conv(res_channels, res_channels, 3), nn.ReLU())
+        self.res_end = nn.Sequential(_conv(res_channels, res_channels, 3), nn.ReLU(inplace=True))
         self.up_half = nn.ConvTranspose2d(res_channels, CHANNELS, 4, stride=2, padding=1)
         self.refine_half = _conv(CHANNELS, CHANNELS, 5)
         self.up_full = nn.ConvTranspose2d(CHANNELS, CHANNELS, 4, stride=2, padding=1)
@@ -85,10 +85,10 @@ class PVDNet(nn.Module):
             x = x + block(x)
         x = self.res_end(x) + quarter
 
-        x = F.relu(self.up_half(x) + half)
-        x = F.relu(self.refine_half(x))
-        x = F.relu(self.up_full(x) + full)
-        x = F.relu(self.refine_full(x))
+        x = F.relu_(self.up_half(x) + half)  # in place: each input is a fresh sum or conv output
+        x = F.relu_(self.refine_half(x))
+        x = F.relu_(self.up_full(x) + full)
+        x = F.relu_(self.refine_full(x))
         return curr + self.to_residual(x)
 
 

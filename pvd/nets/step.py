@@ -198,20 +198,24 @@ def bound_step(model, size_policy: str = "pad", autocast_dtype: torch.dtype | No
 
 
 def place(model, device: torch.device, channels_last: bool | None = None):
-    """`model` moved to `device` in eval mode, its PVDNet in channels_last memory format when asked (default:
-    on CUDA, where the convolutions run faster so); returns the model."""
+    """`model` moved to `device` in eval mode, its PVDNet (and on CPU its BIMNet) in channels_last memory format
+    when asked (default: yes; measured on CPU at 640x352 fp32: PVDNet ~25%, BIMNet 10-15% faster); returns the
+    model."""
     model = model.to(device).eval()
     if channels_last is None:
-        channels_last = device.type == "cuda"
+        channels_last = True
     if channels_last:
         model.pvdnet.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            model.bimnet.to(memory_format=torch.channels_last)
     return model
 
 
 class Recurrence:
     """The recurrence over one clip (the rule in the module docstring), fed one frame at a time.
 
-    step(prev, curr, next, deblurred_prev) -> deblurred curr: one deblurring step (`bound_step`). Frames: (B, 3, H, W) float tensors in [-1, 1] (B clips in lockstep).
+    step(prev, curr, next, deblurred_prev) -> deblurred curr: one deblurring step (`bound_step`).
+    Frames: (B, 3, H, W) float tensors in [-1, 1] (B clips in lockstep).
     `push(frame)` returns (index, blurry, deblurred) of the frame before once its next frame is known, else None;
     `flush()` ends the clip with the last frame (its next frame is itself). Only a 3-frame window and the
     previous output are kept, so memory does not grow with the clip's length.

@@ -1,0 +1,215 @@
+"""pvd.kernels.cpu (the fast CPU ops) against the float64 PyTorch references of pvd.kernels.reference:
+values and gradients, odd shapes, batch > 1, non-contiguous inputs, far and non-finite flows; and the public
+ops dispatching to them on CPU outside the interpreter."""
+
+import pytest
+import torch
+
+from pvd import kernels
+from pvd.kernels import cpu, reference
+
+EXTREME_FLOWS = (1e6, -1e6, 1e30, -1e30, float("nan"), float("inf"), float("-inf"))
+FLOAT64_TOL = 1e-12
+FLOAT32_TOL = 1e-5
+
+
+def flows_with_extremes(batch, height, width, dtype, scale=4.0, extreme_fraction=0.15):
+    """Gaussian flows of a few pixels (some reaching outside), a fraction replaced by huge or non-finite values."""
+    flow = torch.randn(batch, 2, height, width, dtype=torch.float64) * scale
+    extreme = torch.tensor(EXTREME_FLOWS, dtype=torch.float64)[torch.randint(len(EXTREME_FLOWS), flow.shape)]
+    return torch.where(torch.rand(flow.shape) < extreme_fraction, extreme, flow).to(dtype)
+
+
+def grads(fn, inputs, wrt, grad_out):
+    leaves = [x.detach().clone().requires_grad_(i in wrt) for i, x in enumerate(inputs)]
+    out = fn(*leaves)
+    return (out, *torch.autograd.grad(out, [leaves[i] for i in wrt], grad_out))
+
+
+# ------------------------------------------------------------------------------------------------------- warp
+
+WARP_SHAPES = [(2, 3, 7, 9), (1, 5, 17, 16), (3, 2, 2, 2), (1, 4, 1, 6), (2, 2, 5, 1), (1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", WARP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_warp_matches_reference(shape, dtype):
+    batch, channels, height, width = shape
+    x = torch.randn(shape, dtype=dtype)
+    flow = flows_with_extremes(batch, height, width, dtype)
+    grad_out = torch.randn(shape, dtype=dtype)
+    expected = grads(reference.warp, (x.double(), flow.double()), (0, 1), grad_out.double())
+    actual = grads(cpu.warp, (x, flow), (0, 1), grad_out)
+    tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
+    for name, a, e in zip(("out", "grad_x", "grad_flow"), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        # float32: the normalised grid rounds coordinates by ~W * eps pixels, so the flow gradient (a sum of
+        # value differences, up to ~10 here) is exact to ~1e-6 of its largest value.
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(a.double(), e, atol=tol * scale, rtol=tol, msg=name)
+
+
+def test_warp_far_and_non_finite_flow_give_zero_and_zero_gradient():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    values = torch.tensor(EXTREME_FLOWS + (7.5, -9.0), dtype=torch.float64)
+    flow = values[torch.randint(len(values), (2, 2, 6, 7))].requires_grad_()
+    out = cpu.warp(x, flow)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(flow.grad, torch.zeros_like(flow))
+
+
+def test_warp_non_contiguous_and_channels_last():
+    x = torch.randn(2, 9, 4, 11, dtype=torch.float64).transpose(1, 2)[:, ::2]  # (2, 2, 9, 11) strided
+    flow = torch.randn(2, 11, 9, 2, dtype=torch.float64).permute(0, 3, 2, 1) * 3
+    assert not x.is_contiguous() and not flow.is_contiguous()
+    torch.testing.assert_close(cpu.warp(x, flow), reference.warp(x, flow), atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cpu.warp(x_cl, flow), reference.warp(x, flow), atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_warp_low_precision_computes_in_float32(dtype):
+    x, flow = torch.randn(1, 3, 6, 8).to(dtype), (torch.randn(1, 2, 6, 8) * 3).to(dtype)
+    out = cpu.warp(x, flow)
+    assert out.dtype == dtype
+    expected = reference.warp(x, flow)  # float32 inside, rounded once: equal up to one rounding step
+    torch.testing.assert_close(out.float(), expected.float(), atol=torch.finfo(dtype).eps * 4, rtol=torch.finfo(dtype).eps)
+
+
+def test_warp_gradcheck():
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    flow = (torch.randn(2, 2, 5, 6, dtype=torch.float64) * 2).requires_grad_()
+    assert torch.autograd.gradcheck(cpu.warp, (x, flow))
+
+
+# ----------------------------------------------------------------------------------------------- pixel volume
+
+# (B, image channels, fill channels, H, W, kernel_size)
+PIXEL_VOLUME_CASES = [(2, 3, 3, 7, 9, 5), (1, 3, 3, 1, 1, 3), (1, 3, 1, 1, 9, 3), (1, 1, 3, 11, 2, 7),
+                      (1, 1, 1, 6, 5, 1), (3, 3, 3, 17, 16, 3), (2, 3, 3, 9, 8, 9)]
+
+
+@pytest.mark.parametrize("case", PIXEL_VOLUME_CASES, ids=lambda c: "b{}_c{}{}_{}x{}_k{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pixel_volume_is_bit_identical_to_reference(case, dtype):
+    batch, image_channels, fill_channels, height, width, kernel_size = case
+    image = torch.rand(batch, image_channels, height, width, dtype=dtype) * 2 - 1
+    fill = torch.rand(batch, fill_channels, height, width, dtype=dtype) * 2 - 1
+    flow = flows_with_extremes(batch, height, width, dtype, scale=3.0)
+    grad_out = torch.randn(batch, kernel_size ** 2, height, width, dtype=dtype)
+
+    def run(fn):
+        return grads(lambda a, f, b: fn(a, f, b, kernel_size), (image, flow, fill), (0, 2), grad_out)
+
+    expected, actual = run(reference.pixel_volume), run(cpu.pixel_volume)
+    assert torch.equal(actual[0], expected[0])  # a selection of the same gray values: exact
+    for name, a, e in zip(("grad_image", "grad_fill"), actual[1:], expected[1:]):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL  # sums in another order
+        torch.testing.assert_close(a, e, atol=tol, rtol=tol, msg=name)
+
+
+def test_pixel_volume_border_targets_and_non_contiguous_inputs():
+    """Targets on and around the [1, W-2] x [1, H-2] border, where truncation and flooring disagree."""
+    batch, height, width = 2, 7, 8
+    image = torch.rand(batch, 3, width, height).transpose(2, 3) * 2 - 1  # non-contiguous
+    fill = torch.rand(batch, 3, height, width).contiguous(memory_format=torch.channels_last) * 2 - 1
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    landing_x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.0, 1.5, width - 2.5, width - 2.0, width - 1.5, width + 0.5])
+    landing_y = torch.tensor([-1.5, -0.75, 0.5, 1.0, height - 2.0, height - 1.5, height + 0.5])
+    flow_x = landing_x[torch.randint(len(landing_x), (batch, height, width))] - xs
+    flow_y = landing_y[torch.randint(len(landing_y), (batch, height, width))] - ys
+    flow = torch.stack([flow_x, flow_y], dim=1)
+    assert torch.equal(cpu.pixel_volume(image, flow, fill, 5), reference.pixel_volume(image, flow, fill, 5))
+
+
+def test_pixel_volume_is_not_differentiable_in_flow():
+    image, fill = torch.rand(1, 3, 5, 6, requires_grad=True), torch.rand(1, 3, 5, 6, requires_grad=True)
+    flow = torch.randn(1, 2, 5, 6, requires_grad=True)
+    cpu.pixel_volume(image, flow, fill, 3).sum().backward()
+    assert flow.grad is None and image.grad.abs().sum() > 0 and fill.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pixel_volume_low_precision(dtype):
+    image, fill = (torch.rand(2, 3, 6, 7) * 2 - 1).to(dtype), (torch.rand(2, 3, 6, 7) * 2 - 1).to(dtype)
+    flow = (torch.randn(2, 2, 6, 7) * 3).to(dtype)
+    out = cpu.pixel_volume(image, flow, fill, 5)
+    assert out.dtype == dtype and torch.equal(out, reference.pixel_volume(image, flow, fill, 5))
+
+
+# ------------------------------------------------------------------------------------------------ correlation
+
+# (B, C, H, W, max_displacement, stride): sizes not multiples of the tile, strides 1-3, windows wider than
+# the image, one pixel.
+CORRELATION_CASES = [(2, 5, 7, 9, 3, 1), (1, 3, 11, 6, 3, 2), (2, 4, 1, 1, 2, 1), (1, 2, 5, 13, 1, 3),
+                     (1, 3, 4, 4, 3, 2), (3, 6, 9, 17, 4, 1), (1, 7, 10, 3, 0, 1)]
+
+
+@pytest.mark.parametrize("case", CORRELATION_CASES, ids=lambda c: "b{}_c{}_{}x{}_d{}_s{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_correlation_matches_reference(case, dtype):
+    batch, channels, height, width, d, s = case
+    f1, f2 = torch.randn(2, batch, channels, height, width, dtype=dtype).unbind(0)
+    size = 2 * d + 1
+    grad_out = torch.randn(batch, size * size, -(-height // s), -(-width // s), dtype=dtype)
+
+    def run(fn, a, b, g):
+        return grads(lambda x, y: fn(x, y, d, s), (a, b), (0, 1), g)
+
+    expected = run(reference.correlation, f1.double(), f2.double(), grad_out.double())
+    actual = run(cpu.correlation, f1, f2, grad_out)
+    tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
+    for name, a, e in zip(("out", "grad_f1", "grad_f2"), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        torch.testing.assert_close(a.double(), e, atol=tol, rtol=tol, msg=name)
+
+
+def test_correlation_non_contiguous_inputs():
+    f1 = torch.randn(2, 4, 10, 11, dtype=torch.float64).transpose(1, 2)[:, ::2]  # (2, 5, 4, 11) strided
+    assert not f1.is_contiguous()
+    f2 = torch.randn(2, 5, 4, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cpu.correlation(f1, f2, 3, 2), reference.correlation(f1, f2, 3, 2),
+                               atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
+
+
+@pytest.mark.parametrize("d, s", [(3, 1), (2, 2)])
+def test_correlation_gradcheck(d, s):
+    f1 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: cpu.correlation(a, b, d, s), (f1, f2), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_correlation_low_precision(dtype):
+    f1, f2 = (torch.randn(2, 1, 6, 5, 7) * 0.5).to(dtype).unbind(0)
+    out = cpu.correlation(f1, f2, 2, 1)
+    assert out.dtype == dtype
+    tol = 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(out.double(), reference.correlation(f1.double(), f2.double(), 2, 1), atol=tol, rtol=tol)
+
+
+# ------------------------------------------------------------------------------------------------------ dispatch
+
+def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    calls = []
+    for name in ("warp", "correlation", "pixel_volume"):
+        original = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    x, flow = torch.randn(1, 3, 6, 8), torch.randn(1, 2, 6, 8)
+    torch.testing.assert_close(kernels.warp(x, flow), reference.warp(x, flow))
+    torch.testing.assert_close(kernels.correlation(x, x, 2, 1), reference.correlation(x, x, 2, 1))
+    assert torch.equal(kernels.pixel_volume(x, flow, x), reference.pixel_volume(x, flow, x, 5))
+    assert calls == ["warp", "correlation", "pixel_volume"]
+
+
+def test_warp_grid_cache_serves_inference_and_autograd_alike():
+    x, flow = torch.randn(1, 2, 5, 7), torch.randn(1, 2, 5, 7)
+    cpu._GRID_CACHE.clear()
+    with torch.inference_mode():
+        cpu.warp(x, flow)
+    x.requires_grad_()
+    cpu.warp(x, flow).sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(reference.warp(x, flow).sum(), x)[0])

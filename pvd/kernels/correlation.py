@@ -84,7 +84,7 @@ def _displacement_block(y, x, OUT_H, OUT_W, group, MAX_DISP: tl.constexpr, DY_BL
 
 
 @triton.jit(do_not_specialize_on_alignment=_FORWARD_NO_ALIGNMENT)
-def _tiled_forward_kernel(
+def _correlation_forward_kernel(
     f1_ptr, f2_ptr, out_ptr,
     C, OUT_H, OUT_W,
     stride_1b, stride_1c, stride_1h, stride_1w,
@@ -145,7 +145,7 @@ def _backward_terms(grad_out_base, y, x, OUT_H, OUT_W, group,
 
 
 @triton.jit(do_not_specialize_on_alignment=_BACKWARD_NO_ALIGNMENT)
-def _tiled_backward_kernel(
+def _correlation_backward_kernel(
     grad_out_ptr, other_ptr, grad_ptr,
     C, H, W, OUT_H, OUT_W,
     stride_gb, stride_gc, stride_gh, stride_gw,
@@ -212,7 +212,7 @@ def _tiled_forward(f1, f2, max_displacement, stride, out) -> None:
     constexprs = _tiled_constexprs(f1.dtype, max_displacement, stride)
     groups = triton.cdiv(2 * max_displacement + 1, constexprs["DY_BLOCK"])
     grid = (triton.cdiv(out_w, TILE_W), triton.cdiv(out_h, TILE_H), batch * groups)
-    wrap_triton(_tiled_forward_kernel)[grid](
+    wrap_triton(_correlation_forward_kernel)[grid](
         f1, f2, out, channels, out_h, out_w, *f1.stride(), *f2.stride(), **constexprs, num_warps=FORWARD_WARPS)
 
 
@@ -222,7 +222,7 @@ def _tiled_backward(f1, f2, grad_out, max_displacement, stride, grad_f1, grad_f2
     constexprs = _tiled_constexprs(f1.dtype, max_displacement, stride)
     grid = (triton.cdiv(out_w, TILE_W), triton.cdiv(out_h, TILE_H), batch)
     for grad, other, wrt_f2 in ((grad_f1, f2, False), (grad_f2, f1, True)):
-        wrap_triton(_tiled_backward_kernel)[grid](
+        wrap_triton(_correlation_backward_kernel)[grid](
             grad_out, other, grad, channels, height, width, out_h, out_w, *grad_out.stride(), *other.stride(),
             **constexprs, WRT_F2=wrt_f2, num_warps=BACKWARD_WARPS)
 

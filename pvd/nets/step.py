@@ -44,6 +44,7 @@ SIZE_POLICIES = ("pad", "original")
 FLOW_SIZE_MULTIPLE = 32  # BIMNet: five stride-2 stages
 DEBLUR_SIZE_MULTIPLE = 4  # PVDNet: two stride-2 stages
 PIXEL_VOLUME_KERNEL = 5  # 5 x 5 candidates = PVDNet's 25 input channels
+CHANNELS_LAST_BY_DEFAULT = True  # `place`: the networks' memory format when the caller does not say
 PAD_MODE = "replicate"
 
 
@@ -203,7 +204,7 @@ def place(model, device: torch.device, channels_last: bool | None = None):
     model."""
     model = model.to(device).eval()
     if channels_last is None:
-        channels_last = True
+        channels_last = CHANNELS_LAST_BY_DEFAULT
     if channels_last:
         model.pvdnet.to(memory_format=torch.channels_last)
         if device.type == "cpu":

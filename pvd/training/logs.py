@@ -61,15 +61,8 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= step]
     if len(kept) == len(rows):
         return
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            csv.writer(file).writerows(kept)
-        default_permissions(temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary, temporary.open("w", newline="") as file:
+        csv.writer(file).writerows(kept)
 
 
 def read_scalars(path: str | os.PathLike) -> list[tuple[int, str, float]]:

@@ -11,6 +11,7 @@ Both give the result the permissions open() / mkdir() would (not tempfile's 0600
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -29,6 +30,40 @@ def default_permissions(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+# Temporaries carry the writing process's id: `.{name}.pvd-{pid}-tmp...`. One left behind by a killed process
+# (SIGKILL, power loss) is removed by the next write of the same output, once that process is gone.
+_TEMPORARY_MARK = ".pvd-"
+
+
+def _temporary_prefix(path: Path, kind: str) -> str:
+    return f".{path.name}{_TEMPORARY_MARK}{os.getpid()}-{kind}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `path` that processes no longer running left in its folder; returns them."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}{_TEMPORARY_MARK}"
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid_text = candidate.name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _process_alive(int(pid_text)):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -50,7 +85,8 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path, "tmp"), suffix=path.suffix, dir=path.parent)
     os.close(handle)
     temporary = Path(name)
     try:
@@ -76,7 +112,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    temporary = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path, "tmp"), dir=path.parent))
     default_permissions(temporary)
     try:
         yield temporary
@@ -95,7 +132,7 @@ def replace_into(temporary: str | os.PathLike, path: str | os.PathLike, overwrit
         return
     if not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    retired = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path, "old"), dir=path.parent))
     os.replace(path, retired / path.name)
     os.replace(temporary, path)
     shutil.rmtree(retired, ignore_errors=True)

@@ -4,13 +4,16 @@ Each sub-command lives in `pvd/commands/<name>.py`, which defines `add_parser(su
 adds sets `func(args) -> int`. Modules are imported only when their command runs, so `pvd --help` is fast.
 Every command reports bad input the same way: a ValueError or OSError from the API becomes one line on
 stderr, `pvd <command>: error: <message>`, and exit status 1; warnings print as `pvd <command>: warning: ...`.
+Ctrl-C and SIGTERM print `pvd <command>: interrupted` and exit 130, leaving no partial output.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -18,6 +21,7 @@ from . import __version__
 from .commands import HELP
 
 MODULES = {name: f"pvd.commands.{name}" for name in HELP}
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 @contextmanager
@@ -29,6 +33,24 @@ def _one_line_warnings(prog: str):
         yield
     finally:
         warnings.formatwarning = original
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a scheduler's stop) ends a command as Ctrl-C does: KeyboardInterrupt unwinds it, so the
+    outputs being written are removed. Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         threads.configure(args.threads)
     prog = f"pvd {args.command}"
     try:
-        with _one_line_warnings(prog):
+        with _one_line_warnings(prog), _sigterm_as_interrupt():
             return int(args.func(args) or 0)
     except (ValueError, OSError) as error:  # bad input or options, unreadable input, unwritable output
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the outputs being written were removed on the way out
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

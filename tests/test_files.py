@@ -72,3 +72,31 @@ def test_atomic_dir_failure_removes_the_temporary_and_keeps_the_old(tmp_path):
         raise OSError("disk full")
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL leaves temporaries behind; the next write of the same output removes those of dead processes
+    (and only those: a live process's temporary, or another output's, stays)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()
+    target = tmp_path / "out.png"
+    stale_file = tmp_path / f".out.png.pvd-{dead_pid}-tmpab12.png"
+    stale_dir = tmp_path / f".out.png.pvd-{dead_pid}-tmpcd34"
+    live = tmp_path / f".out.png.pvd-{live_pid}-tmpef56.png"
+    other = tmp_path / f".other.png.pvd-{dead_pid}-tmpgh78.png"
+    stale_file.write_bytes(b"partial")
+    stale_dir.mkdir()
+    (stale_dir / "0001.png").write_bytes(b"partial")
+    for path in (live, other):
+        path.write_bytes(b"x")
+    with atomic_file(target) as temporary:
+        assert f".pvd-{os.getpid()}-" in temporary.name  # the writer's own id, for the next run to judge
+        temporary.write_bytes(b"done")
+    assert target.read_bytes() == b"done"
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists() and other.exists()
+    with atomic_dir(tmp_path / "folder") as temporary:
+        assert f".pvd-{os.getpid()}-" in temporary.name

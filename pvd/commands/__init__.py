@@ -16,6 +16,30 @@ HELP = {
 }
 
 
+# One example line per command, shown at the end of its --help.
+EXAMPLES = {
+    "synth": "pvd synth runs/synth --videos 64 --frames 12 --size 160x160 --exclude astronaut,coffee",
+    "deblur": "pvd deblur my_video.mp4 -o my_video_deblurred.mp4",
+    "convert": "pvd convert PVDNet_DVD.pytorch PVDNet_DVD.safetensors",
+    "eval": "pvd eval /data/DVD/test -o runs/eval_dvd --weights PVDNet_DVD.safetensors --protocol paper",
+    "train": "pvd train --config gopro data.root=/data/GOPRO/train model.bimnet_weights=BIMNet.pytorch",
+    "demo": "pvd demo -o demo_out",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default and keeps the example line as written."""
+
+
+def command_parser(subparsers, name: str, description: str) -> argparse.ArgumentParser:
+    """The sub-command parser of `name`, as every command has it: its help line, description, defaults shown,
+    an example, and --quiet (no progress bars; results and errors still print)."""
+    parser = subparsers.add_parser(name, help=HELP[name], description=description,
+                                   epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=_HelpFormatter)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (results and errors still print)")
+    return parser
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'HxW' (e.g. '256x256') -> (height, width), for argparse `type=`."""
     try:

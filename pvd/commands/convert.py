@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from pvd.commands import HELP
+from pvd.commands import command_parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "convert", help=HELP["convert"],
+    parser = command_parser(
+        subparsers, "convert",
         description="Convert a checkpoint of the original PVDNet code (BIMNet.pytorch, PVDNet_DVD.pytorch, "
                     "PVDNet_nah.pytorch, PVDNet_large_nah.pytorch, ...) to a pvd safetensors checkpoint. "
                     "The file is read with torch.load(weights_only=True): no code in it is run.")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from pvd.commands import HELP, add_model_options
+from pvd.commands import add_model_options, command_parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd import stream
 
-    parser = subparsers.add_parser(
-        "deblur", help=HELP["deblur"],
+    parser = command_parser(
+        subparsers, "deblur",
         description="Deblur a video (mp4/avi/mov), a folder of png/jpg frames, or a folder of such videos with "
                     "PVDNet. Each output has the input's frame count and frame size.")
     parser.add_argument("input", help="video file, folder of frames, or folder of videos / frame folders")
@@ -26,7 +26,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run random weights when no trained weights are found (for testing only)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA, long videos)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pvd.commands import HELP, add_model_options, parse_size
+from pvd.commands import add_model_options, command_parser, parse_size
 
 NAME = "demo"
 BANNER_RULE = "!" * 100
@@ -15,8 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd import demo
 
     height, width = demo.DEFAULT_SIZE
-    parser = subparsers.add_parser(
-        NAME, help=HELP[NAME],
+    parser = command_parser(
+        subparsers, NAME,
         description="Render a short camera-shake clip over a bundled photograph that the demo weights never saw "
                     "in training, deblur it with the bundled weights, print blurry-vs-deblurred PSNR/SSIM against "
                     "the sharp frames, and write the blurry, sharp and deblurred frames (png), deblurred.mp4, "
@@ -31,7 +31,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run seeded random weights when the demo weights are missing (results are meaningless)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
 

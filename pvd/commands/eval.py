@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from pvd.commands import HELP, add_model_options
+from pvd.commands import add_model_options, command_parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd import metrics
     from pvd.evaluate import GROUND_TRUTH_LAYOUTS, PROTOCOLS
 
-    parser = subparsers.add_parser(
-        "eval", help=HELP["eval"],
+    parser = command_parser(
+        subparsers, "eval",
         description="Deblur every video of a DVD / GoPro / synthetic data set and score each frame against its "
                     "sharp frame: plain PSNR/SSIM (the original Python evaluation) and aligned PSNR/SSIM (the "
                     "paper's MATLAB protocol). Writes scores.csv, summary.json and summary.md to OUTPUT.")
@@ -40,7 +40,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--zero-flow", action="store_true",
                         help="ablation: feed PVDNet pixel volumes built from a zero flow instead of BIMNet's")
     parser.add_argument("--overwrite", action="store_true", help="replace existing score files in OUTPUT")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
 

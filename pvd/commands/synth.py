@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pvd.commands import HELP, parse_size
+from pvd.commands import HELP, command_parser, parse_size
 
 NAME = "synth"
 
@@ -17,8 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..data.synth import SynthSettings
 
     defaults = SynthSettings()
-    parser = subparsers.add_parser(
-        NAME, help=HELP[NAME], description=HELP[NAME] + ". Writes OUT/<video>/blur_gamma/%05d.png, sharp/%05d.png, "
+    parser = command_parser(
+        subparsers, NAME,
+        description=HELP[NAME] + ". Writes OUT/<video>/blur_gamma/%05d.png, sharp/%05d.png, "
         "flow/%05d.npy (float32 (2,H,W), x then y, pixels: warp(sharp[t-1], flow[t]) ~= sharp[t]) and OUT/synth.json.")
     parser.add_argument("out", nargs="?", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--videos", type=int, default=4, help="number of videos (default 4)")
@@ -77,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
         photographs = synth.load_builtin_photographs(chosen)
         source = "scikit-image"
     out = synth.generate_dataset(args.out, photographs, args.videos, settings, args.seed, source=source,
-                                 overwrite=args.overwrite, progress=True)
+                                 overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {args.videos} videos of {args.frames} frames to {out} (photographs: {', '.join(chosen)})")
     return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pvd.commands import HELP
+from pvd.commands import command_parser
 from pvd.training import cli
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help=HELP["train"],
-                                   description="Train BIMNet (stage 1), PVDNet (stage 2), or both jointly (the original's "
+    parser = command_parser(
+        subparsers, "train",
+        description="Train BIMNet (stage 1), PVDNet (stage 2), or both jointly (the original's "
                                                "stage 1). Under torchrun every "
                                                "process runs the same command.")
     cli.add_arguments(parser)

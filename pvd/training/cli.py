@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .loop import train
 
-    config = load_config(config_path(args.config), args.overrides)
+    quiet = ["log.progress=false"] if getattr(args, "quiet", False) else []
+    config = load_config(config_path(args.config), [*args.overrides, *quiet])
     if args.resume is not None:
         config.run.resume = args.resume
     result = train(config)

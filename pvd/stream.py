@@ -161,6 +161,7 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     videos = video_io.find_videos(input_path)
     single = len(videos) == 1 and videos[0].path.resolve() == input_path.resolve()
     plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
+    _check_plans(plans)
     for _, frames_dir, mp4_path in plans:
         for target in (frames_dir, mp4_path):
             if target is not None and target.exists() and not overwrite:
@@ -182,6 +183,29 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
                 folder.rmdir()
         raise
     return results
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def _check_plans(plans: list) -> None:
+    """Refuse, before any work and whatever --overwrite says, outputs that would destroy an input (an output
+    equal to an input, containing it, or inside an input frame folder) and two inputs mapped to one output."""
+    sources = [video.path.resolve() for video, _, _ in plans]
+    claimed: dict[Path, Path] = {}
+    for (video, *targets), source in zip(plans, sources):
+        for target in (t for t in targets if t is not None):
+            resolved = target.resolve()
+            for other in sources:
+                if _within(other, resolved) or (other.is_dir() and _within(resolved, other)):
+                    raise ValueError(f"{target}: the output would overwrite the input {other} "
+                                     f"(refused, even with --overwrite): choose another output")
+            if resolved in claimed:
+                raise ValueError(f"{claimed[resolved]} and {video.path} would both be written to {target}: "
+                                 f"rename one of them (nothing was written)")
+            claimed[resolved] = video.path
 
 
 def _missing_folders(folder: Path) -> list[Path]:

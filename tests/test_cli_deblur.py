@@ -227,3 +227,35 @@ def test_write_error_mid_video_leaves_no_partial_output(tmp_path, tiny_model, mo
     with pytest.raises(OSError, match="disk full"):
         stream.deblur_video(clip, tmp_path / "out" / "frames", format="both", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["folder", "inside", "video"])
+def test_an_output_that_would_overwrite_the_input_is_refused_even_with_overwrite(tmp_path, tiny_model, capsys,
+                                                                                layout):
+    """`pvd deblur f/ -o f/ --overwrite` used to replace the input frames by the output."""
+    if layout == "video":
+        source = _mp4(tmp_path / "v.mp4", 2, 16, 16)
+        target, before = source, source.read_bytes()
+    else:
+        source = _frame_folder(tmp_path / "f", 2, 16, 16)
+        target = source if layout == "folder" else source / "deblurred"
+        before = _snapshot(source)
+    assert main(["deblur", str(source), "-o", str(target), "--overwrite", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert "would overwrite the input" in error and "--overwrite" in error and error.count("\n") == 1
+    assert (source.read_bytes() if layout == "video" else _snapshot(source)) == before
+
+
+def test_two_inputs_mapped_to_one_output_are_refused_before_any_work(tmp_path, tiny_model, capsys):
+    """`clip/` and `clip.mp4` both map to OUT/clip: refused up front, with or without --overwrite."""
+    _frame_folder(tmp_path / "in" / "clip", 2, 16, 16)
+    _mp4(tmp_path / "in" / "clip.mp4", 2, 16, 16)
+    for extra in ([], ["--overwrite"]):
+        assert main(["deblur", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet", *extra]) == 1
+        error = capsys.readouterr().err
+        assert "would both be written to" in error and "clip" in error
+        assert not (tmp_path / "out").exists()

@@ -347,7 +347,7 @@ def format_table(results: list[BuildResult]) -> str:
         barriers = None if r.loop_barriers is None else f"{r.loop_barriers} ({r.max_barriers_per_loop}/loop)"
         rows.append((str(numbers[id(r)]), r.kernel, variants[id(r)], show(r.ptx_target or r.arch), ",".join(r.dtypes),
                      show(r.num_warps), show(r.registers), show(smem), show(r.stack_bytes), show(spills),
-                     show(r.warps_per_sm), show(barriers), "ok" if r.ok else "FAIL"))
+                     show(r.warps_per_sm), show(barriers), ("waived" if r.waived else "ok") if r.ok else "FAIL"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

@@ -66,6 +66,29 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """mkdir -p `folder`, with a one-line error naming the culprit when a file stands where a folder must be."""
+    folder = Path(folder)
+    for ancestor in [folder, *folder.parents]:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                where = "" if ancestor == folder else f": cannot create {folder}"
+                raise NotADirectoryError(f"{ancestor} is a file, not a folder{where} (choose another output)")
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def missing_file(path: str | os.PathLike, what: str) -> str | None:
+    """None when `path` is an existing file, else the one-line reason it cannot be read as `what`."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a folder, not a {what}"
+    return f"{path}: no such {what}"
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -84,7 +107,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     remove_stale_temporaries(path)
     handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path, "tmp"), suffix=path.suffix, dir=path.parent)
     os.close(handle)
@@ -111,7 +134,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     remove_stale_temporaries(path)
     temporary = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path, "tmp"), dir=path.parent))
     default_permissions(temporary)

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ._files import make_folder
 from .frames import FrameError, read_image, to_8_bit, to_rgb
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
@@ -259,11 +260,11 @@ class VideoWriter:
 
     def __enter__(self) -> VideoWriter:
         if self.frames_dir is not None:
-            self.frames_dir.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(self.frames_dir.parent)
             self._frames_tmp = _temporary_sibling(self.frames_dir)
             self._frames_tmp.mkdir()
         if self.video_path is not None:
-            self.video_path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(self.video_path.parent)
             self._video_tmp = _temporary_sibling(self.video_path, ".mp4")
         return self
 

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pvd
-from pvd._files import atomic_file
+from pvd._files import atomic_file, missing_file
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge
 from pvd.runtime import resolve_device
 
@@ -157,7 +157,7 @@ def load_network(path: str | os.PathLike, expect: str | None = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such weights file")
+        raise ValueError(missing_file(path, "weights file"))
     if expect is not None and expect not in EXPECTED:
         raise ValueError(f"expect must be one of {', '.join(EXPECTED)}, got {expect!r}")
     if path.suffix.lower() in ORIGINAL_SUFFIXES:
@@ -181,7 +181,7 @@ def load_state_dict_file(path: str | os.PathLike, device: str | torch.device = "
     """Read a pvd checkpoint without building a model. Raises ValueError if `path` is not one."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise ValueError(missing_file(path, "checkpoint file"))
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as file:
             metadata = file.metadata() or {}

@@ -51,3 +51,40 @@ def test_a_subcommands_argument_error_prints_its_own_usage(capsys):
         cli.main(["eval", "--no-such-option"])
     assert done.value.code == 2
     assert capsys.readouterr().err.startswith("usage: pvd eval")
+
+
+def _frames(folder, count=2, size=16):
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), np.full((size, size, 3), 40 * index, np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["deblur", "eval"])
+def test_an_output_under_a_file_is_named_in_one_line(tmp_path, capsys, command):
+    """Used to be '[Errno 17] File exists' (deblur) or '[Errno 20] Not a directory' (eval)."""
+    (tmp_path / "afile").write_text("keep me")
+    if command == "deblur":
+        source = _frames(tmp_path / "clip")
+    else:
+        source = tmp_path / "data"
+        _frames(source / "v" / "blur_gamma")
+        _frames(source / "v" / "sharp")
+    code = cli.main([command, str(source), "-o", str(tmp_path / "afile" / "out"), "--allow-untrained", "--quiet",
+                     "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert code == 1 and error.count("\n") == 1
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in error and "Errno" not in error
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["deblur", "convert"])
+def test_a_folder_given_as_weights_is_called_a_folder(tmp_path, capsys, command):
+    (tmp_path / "wdir").mkdir()
+    args = ([str(_frames(tmp_path / "clip")), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "wdir")]
+            if command == "deblur" else [str(tmp_path / "wdir"), str(tmp_path / "x.safetensors")])
+    assert cli.main([command, *args]) == 1
+    assert f"{tmp_path / 'wdir'} is a folder, not a" in capsys.readouterr().err

@@ -234,7 +234,7 @@ def test_load_names_missing_unexpected_and_misshaped_tensors(tmp_path):
 
 
 def test_load_rejects_files_that_are_not_pvd_checkpoints(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="no such checkpoint file"):
         weights.load(tmp_path / "absent.safetensors")
     original = tmp_path / "PVDNet_DVD.pytorch"
     torch.save({"d0.weight": torch.zeros(64, 96, 5, 5)}, original)

@@ -24,10 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pvd import weights
+    from pvd._files import missing_file
 
     source, destination = Path(args.source), Path(args.destination)
     if not source.is_file():
-        raise ValueError(f"{source}: no such checkpoint file")
+        raise ValueError(missing_file(source, "checkpoint file"))
     if destination.suffix != ".safetensors":
         raise ValueError(f"{destination}: the destination must end in .safetensors")
     if destination.exists() and not args.overwrite:

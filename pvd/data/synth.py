@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pvd._files import atomic_dir
+from pvd._files import atomic_dir, make_folder
 from pvd.frames import write_png
 
 from .datasets import FLOW_FOLDER
@@ -381,7 +381,7 @@ def generate_dataset(out: str | os.PathLike, photographs: Mapping[str, np.ndarra
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     names = sorted(photographs)
     photos = {name: as_rgb(np.asarray(photographs[name]), name) for name in names}
     metadata = {

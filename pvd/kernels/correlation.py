@@ -32,7 +32,6 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import _correlation_legacy as legacy
-from . import reference
 from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import check_correlation_args, tl_acc_dtype, use_triton
 

@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import reference
 from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
     acc_dtype,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from pvd._files import atomic_file
+from pvd._files import atomic_file, make_folder
 from pvd.frames import quantize, write_png
 
 SCALARS_FILE = "scalars.csv"
@@ -24,7 +24,7 @@ class ScalarLog:
         """keep_until_step: a run resumed from the checkpoint of that step drops the rows logged after it
         (a run killed after its last checkpoint logged them), so no step appears twice."""
         self.path = Path(out_dir) / SCALARS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent)
         if keep_until_step is not None and self.path.exists():
             _truncate_after(self.path, keep_until_step)
         new_file = not self.path.exists()

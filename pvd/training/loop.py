@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from pvd import weights
+from pvd._files import make_folder
 from pvd.data.datasets import VideoClipDataset
 from pvd.runtime import resolve_device
 
@@ -212,7 +213,7 @@ def _run(config: TrainConfig, trainer: Trainer, dataset, sampler: ResumableSampl
     run, log = config.run, config.log
     scalars = None
     if processes.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         scalars = ScalarLog(out_dir, tensorboard=log.tensorboard, keep_until_step=trainer.step if resumed else None)
     result = TrainResult(trainer.step, out_dir, trainer.model)

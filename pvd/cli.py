@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _one_line_warnings(prog), _sigterm_as_interrupt():
             return int(args.func(args) or 0)
-    except (ValueError, OSError) as error:  # bad input or options, unreadable input, unwritable output
+    except (ValueError, OSError, ImportError) as error:  # bad input or options, unreadable input, unwritable
+        # output, or an optional package the command needs (e.g. scikit-image for pvd synth) missing
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the outputs being written were removed on the way out

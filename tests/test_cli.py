@@ -88,3 +88,14 @@ def test_a_folder_given_as_weights_is_called_a_folder(tmp_path, capsys, command)
             if command == "deblur" else [str(tmp_path / "wdir"), str(tmp_path / "x.safetensors")])
     assert cli.main([command, *args]) == 1
     assert f"{tmp_path / 'wdir'} is a folder, not a" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_one_line(tmp_path, monkeypatch, capsys):
+    """pvd synth without scikit-image (its photographs) used to end in a traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage now raises ImportError
+    assert cli.main(["synth", str(tmp_path / "synth"), "--videos", "1", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("pvd synth: error:") and "scikit-image" in error and error.count("\n") == 1
+    assert not (tmp_path / "synth").exists()

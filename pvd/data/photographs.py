@@ -60,7 +60,7 @@ def load_builtin_photographs(names: Sequence[str] | None = None) -> dict[str, np
                          f"{', '.join(builtin_photograph_names())}")
     try:
         from skimage import data as skimage_data
-    except ImportError as error:  # pragma: no cover - depends on the environment
+    except ImportError as error:
         raise ImportError("the built-in photographs need scikit-image: pip install 'pvd[data]' "
                           "(or pass a folder of images)") from error
     photos = {}

@@ -213,14 +213,21 @@ def _pixel_volume_backward_kernel(
             if NEED_FILL_GRAD:
                 grad_fill_gray += tl.where(used, 0.0, grad)
     if NEED_FILL_GRAD:
-        grad_fill_base = grad_fill_ptr + batch * FILL_CHANNELS * H * W + offs
-        out_ty = grad_fill_ptr.dtype.element_ty
-        if FILL_CHANNELS == 1:
-            tl.store(grad_fill_base, _round(grad_fill_gray, out_ty), mask=in_range)
-        else:
-            tl.store(grad_fill_base, _round(grad_fill_gray * _GRAY_RED, out_ty), mask=in_range)
-            tl.store(grad_fill_base + H * W, _round(grad_fill_gray * _GRAY_GREEN, out_ty), mask=in_range)
-            tl.store(grad_fill_base + 2 * H * W, _round(grad_fill_gray * _GRAY_BLUE, out_ty), mask=in_range)
+        _store_gray_gradient(grad_fill_ptr, grad_fill_ptr + batch * FILL_CHANNELS * H * W + offs, grad_fill_gray,
+                             in_range, H, W, FILL_CHANNELS)
+
+
+@triton.jit
+def _store_gray_gradient(ptr, base, grad_gray, mask, H, W, CHANNELS: tl.constexpr):
+    """Store d(loss)/d(image) from d(loss)/d(gray) at `base` of a contiguous (CHANNELS, H, W) plane set in ptr's
+    dtype: the gray gradient itself for one channel, times each gray weight for RGB; rounded once."""
+    out_ty = ptr.dtype.element_ty
+    if CHANNELS == 1:
+        tl.store(base, _round(grad_gray, out_ty), mask=mask)
+    else:
+        tl.store(base, _round(grad_gray * _GRAY_RED, out_ty), mask=mask)
+        tl.store(base + H * W, _round(grad_gray * _GRAY_GREEN, out_ty), mask=mask)
+        tl.store(base + 2 * H * W, _round(grad_gray * _GRAY_BLUE, out_ty), mask=mask)
 
 
 @triton.jit
@@ -236,14 +243,8 @@ def _gray_grad_kernel(
     offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < H * W
     grad = tl.load(grad_gray_ptr + batch * H * W + offs, mask=in_range, other=0.0)
-    out_base = grad_image_ptr + batch * IMAGE_CHANNELS * H * W + offs
-    out_ty = grad_image_ptr.dtype.element_ty
-    if IMAGE_CHANNELS == 1:
-        tl.store(out_base, _round(grad, out_ty), mask=in_range)
-    else:
-        tl.store(out_base, _round(grad * _GRAY_RED, out_ty), mask=in_range)
-        tl.store(out_base + H * W, _round(grad * _GRAY_GREEN, out_ty), mask=in_range)
-        tl.store(out_base + 2 * H * W, _round(grad * _GRAY_BLUE, out_ty), mask=in_range)
+    _store_gray_gradient(grad_image_ptr, grad_image_ptr + batch * IMAGE_CHANNELS * H * W + offs, grad, in_range, H,
+                         W, IMAGE_CHANNELS)
 
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,

@@ -208,6 +208,17 @@ class PVDNetTrainer(Trainer):
         return DeblurNet(bimnet, pvdnet), pvdnet
 
     def train_clip(self, batch, max_steps=None):
+        return self._recurrent_steps(batch, max_steps, self._step)
+
+    def _step(self, blurry, sharp, t, deblurred_prev):
+        """One optimizer step at recurrent step t: (output, record)."""
+        out = deblurring.deblur_step(self.model.bimnet, self.net, blurry[:, t - 1], blurry[:, t], blurry[:, t + 1],
+                                     deblurred_prev, autocast_dtype=self.autocast_dtype)
+        return out, self._optimizer_step(deblur_loss(out, sharp[:, t]))
+
+    def _recurrent_steps(self, batch, max_steps, step):
+        """The clip's recurrent steps t = 1..T-2 in order, each `step(blurry, sharp, t, deblurred_prev)` ->
+        (output, record); the previous output fed back detached, the first blurry frame at the start."""
         blurry, sharp = self._frames(batch, "blurry"), self._frames(batch, "sharp")
         self.trained.train()
         deblurred_prev = blurry[:, 0]
@@ -215,9 +226,8 @@ class PVDNetTrainer(Trainer):
         for t in range(1, blurry.shape[1] - 1):
             if max_steps is not None and self.step >= max_steps:
                 break
-            out = deblurring.deblur_step(self.model.bimnet, self.net, blurry[:, t - 1], blurry[:, t],
-                                         blurry[:, t + 1], deblurred_prev, autocast_dtype=self.autocast_dtype)
-            records.append(self._optimizer_step(deblur_loss(out, sharp[:, t])))
+            out, record = step(blurry, sharp, t, deblurred_prev)
+            records.append(record)
             deblurred_prev = out.detach()
         return records
 
@@ -279,21 +289,12 @@ class JointTrainer(PVDNetTrainer):
             xavier_init(model, model_config.init_gain)
         return model, JointObjective(model, self.autocast_dtype)
 
-    def train_clip(self, batch, max_steps=None):
-        blurry, sharp = self._frames(batch, "blurry"), self._frames(batch, "sharp")
-        self.trained.train()
-        deblurred_prev = blurry[:, 0]
-        records = []
-        for t in range(1, blurry.shape[1] - 1):
-            if max_steps is not None and self.step >= max_steps:
-                break
-            out, image_loss, flow_loss, parts = self.net(blurry[:, t - 1], blurry[:, t], blurry[:, t + 1],
-                                                         deblurred_prev, sharp[:, t - 1], sharp[:, t])
-            record = self._optimizer_step(image_loss + flow_loss)
-            record.update({"image": float(image_loss.detach()), **{name: float(v) for name, v in parts.items()}})
-            records.append(record)
-            deblurred_prev = out.detach()
-        return records
+    def _step(self, blurry, sharp, t, deblurred_prev):
+        out, image_loss, flow_loss, parts = self.net(blurry[:, t - 1], blurry[:, t], blurry[:, t + 1],
+                                                     deblurred_prev, sharp[:, t - 1], sharp[:, t])
+        record = self._optimizer_step(image_loss + flow_loss)
+        record.update({"image": float(image_loss.detach()), **{name: float(v) for name, v in parts.items()}})
+        return out, record
 
 
 TRAINERS = {cls.stage: cls for cls in (BIMNetTrainer, PVDNetTrainer, JointTrainer)}

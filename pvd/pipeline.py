@@ -297,6 +297,7 @@ class VideoDeblurrer:
         self._nets = SimpleNamespace(bimnet=model.bimnet, pvdnet=model.pvdnet)
         if compile:
             self._nets = SimpleNamespace(bimnet=torch.compile(model.bimnet), pvdnet=torch.compile(model.pvdnet))
+        self.step_function = deblur_step  # hook: `pvd.tiling.install` puts a tiled step with the same contract here
         self.reset()
 
     def reset(self) -> None:
@@ -336,7 +337,7 @@ class VideoDeblurrer:
         return out
 
     def _step(self, next_frame: torch.Tensor):
-        deblurred = deblur_step(self._nets, self._prev, self._curr, next_frame, self._deblurred,
+        deblurred = self.step_function(self._nets, self._prev, self._curr, next_frame, self._deblurred,
                                 self.size_policy, self.autocast_dtype)
         self._deblurred = deblurred
         self.frames_out += 1
@@ -456,14 +457,17 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
                  weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
                  size_policy: str = "pad", side_by_side: bool = False, format: str | None = None,  # noqa: A002
                  allow_untrained: bool = False, overwrite: bool = False, progress: bool = True,
-                 compile: bool = False) -> list[VideoResult]:
+                 compile: bool = False, crf: int = video_io.DEFAULT_CRF, fps: float | None = None,
+                 tile=None, tile_overlap: int | None = None) -> list[VideoResult]:
     """Deblur every video at `input` (video file, frame folder, or folder of those) into `output`.
 
     format: 'png' (a folder of frames), 'mp4', or 'both'; default: 'mp4' if output ends in .mp4, else 'png'.
     Output names: see `_output_paths`. Each output has the input's frame count and size ('original' size
     policy: the multiple-of-4 crop; side_by_side: input | output, twice as wide). Outputs appear only when
     complete; on error no partial output remains (videos finished before it stay). model: a loaded model,
-    else `load_model(weights, allow_untrained=...)`. Returns one VideoResult per video.
+    else `load_model(weights, allow_untrained=...)`. crf: the h264 quality (`video_io.VideoWriter`); fps: the
+    mp4's frame rate (default: the source's exact rate and timestamps, 30 for frame folders). tile,
+    tile_overlap: tiled inference (`pvd.tiling`; None: whole frames). Returns one VideoResult per video.
     """
     input_path, output = Path(input), Path(output)
     _check_policy(size_policy)
@@ -484,12 +488,18 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     if model is None:
         model = load_model(weights, device=dev, allow_untrained=allow_untrained)
     deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy, compile=compile)
+    # --- hook (issue 14): tiled steps (`pvd.tiling` sets `deblurrer.step_function`)
+    if tile is not None:
+        from . import tiling
+        tiling.install(deblurrer, tile=tile, overlap=tile_overlap)
+    writer_options = {"crf": crf, "fps": fps}
 
     created = _missing_folders(output.parent if single else output)
     results = []
     try:
         for video, frames_dir, mp4_path in plans:
-            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress))
+            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress,
+                                       writer_options))
     except BaseException:
         for folder in reversed(created):  # the folders this call created, if they stayed empty
             if folder.is_dir() and not any(folder.iterdir()):
@@ -509,7 +519,7 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp4_path, side_by_side: bool,
-                overwrite: bool, progress: bool) -> VideoResult:
+                overwrite: bool, progress: bool, writer_options: dict | None = None) -> VideoResult:
     """Deblur one video into its outputs; decoding and encoding run in threads, overlapping the networks."""
     from tqdm import tqdm
 
@@ -524,8 +534,10 @@ def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp
 
     result = VideoResult(video.name, 0, 0.0)
     start = time.perf_counter()
-    writer = video_io.VideoWriter(frames_dir, mp4_path, fps=video.fps, frame_names=video.frame_names,
-                                  overwrite=overwrite)
+    writer_options = dict(writer_options or {})
+    writer = video_io.VideoWriter(frames_dir, mp4_path, fps=writer_options.pop("fps", None),
+                                  frame_names=video.frame_names, overwrite=overwrite, source=video,
+                                  **writer_options)
     bar = tqdm(total=video.frame_count or None, unit="frame", desc=video.name, disable=not progress,
                dynamic_ncols=True)
     try:
@@ -545,7 +557,7 @@ def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp
     finally:
         decoded.close()  # stops the reading thread, also after an error
     result.seconds = time.perf_counter() - start
-    result.outputs = [p for p in (frames_dir, mp4_path) if p is not None]
+    result.outputs = writer.outputs
     return result
 
 

@@ -9,7 +9,7 @@ from pvd.commands import add_model_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pvd import pipeline
+    from pvd import pipeline, tiling, video_io
 
     parser = subparsers.add_parser(
         "deblur", help="deblur a video file, a frame folder, or a folder of those",
@@ -28,6 +28,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA, long videos)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # issue 14: h264 output and tiled inference
+    parser.add_argument("--crf", type=int, default=video_io.DEFAULT_CRF,
+                        help="h264 quality of mp4 outputs: 0 lossless .. 51 worst (default %(default)s: visually "
+                             "lossless); score from PNG frames, which are lossless")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of the mp4 (default: the source's exact rate and timestamps; "
+                             f"{video_io.DEFAULT_FPS:g} for frame folders)")
+    parser.add_argument("--tile", default=None, metavar="N|auto",
+                        help="deblur in N x N tiles (bounded memory for large frames); auto: the largest tile that "
+                             "fits the device's free memory")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
+                        help=f"pixels shared by neighbouring tiles, blended (default {tiling.DEFAULT_OVERLAP})")
     parser.set_defaults(func=run)
     return parser
 
@@ -40,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
             size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
             allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
-            compile=args.compile)
+            compile=args.compile, crf=args.crf, fps=args.fps, tile=args.tile, tile_overlap=args.tile_overlap)
     except (ValueError, OSError) as error:  # bad input or options, unwritable output
         print(f"pvd deblur: error: {error}", file=sys.stderr)
         return 1

@@ -33,16 +33,18 @@ import itertools
 import json
 import math
 import os
+import io
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 import pvd
 
-from . import metrics, pipeline
+from . import metrics, pipeline, sharding
 from ._files import default_permissions
 from .data import datasets
 
@@ -154,7 +156,7 @@ def markdown_summary(summary: dict) -> str:
 
 
 def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames, limit_frames: int | None,
-                 device: torch.device, score_options: dict, progress: bool) -> Iterable[dict]:
+                 device: torch.device, score_options: dict, progress: bool, frame_sink=None) -> Iterable[dict]:
     """Deblur one video and yield a score row per frame, in order."""
     from tqdm import tqdm
 
@@ -172,6 +174,8 @@ def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames
         row.update({key: value.item() for key, value in metrics.frame_scores(result, truth, **score_options).items()})
         row.update({INPUT_PREFIX + key: value.item()
                     for key, value in metrics.frame_scores(given, truth, **score_options).items()})
+        if frame_sink is not None:  # hook: --save-frames
+            frame_sink(name, result, given, truth)
         return row
 
     with tqdm(total=frame_count, unit="frame", desc=video.name, disable=not progress, dynamic_ncols=True) as bar:
@@ -198,14 +202,18 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              device: str | torch.device = "auto", precision: str = "auto", size_policy: str = "pad",
              layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
              limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
-             zero_flow: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+             zero_flow: bool = False, overwrite: bool = False, progress: bool = True,
+             save_frames: bool = False) -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
     model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
     evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.ZeroFlowModel`; the
-    pixel-volume ablation). Returns the summary (as in summary.json). Raises ValueError for a data set
+    pixel-volume ablation). save_frames: also write each video's deblurred frames and blurry | deblurred |
+    sharp side-by-sides (`pvd.eval_frames`). Under torchrun each process scores its share of the videos
+    (`pvd.sharding`) and rank 0 writes the files, identical to one process's. Returns the summary (as in
+    summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
@@ -218,11 +226,13 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
         raise ValueError(f"border must be >= 0, got {border}")
     layout, videos = _videos_with_ground_truth(data_root, layout, blurry_folder)
     videos = videos[:limit_videos]
+    video_order = [video.name for video in videos]
+    videos = sharding.shard(videos, key=lambda video: video.name)  # hook: this rank's share under torchrun
     existing = [name for name in OUTPUT_NAMES if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ValueError(f"{output_dir} already holds {', '.join(existing)} (use overwrite=True / --overwrite)")
 
-    dev = pipeline.resolve_device(device)
+    dev = sharding.rank_device(pipeline.resolve_device(device))
     pipeline.resolve_precision(precision, dev)
     weights_used = str(weights) if weights is not None else None
     if model is None:
@@ -237,35 +247,48 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
 
     output_dir.mkdir(parents=True, exist_ok=True)
     rows_by_video: dict[str, list[dict]] = {}
-    handle, scores_temporary = tempfile.mkstemp(prefix=f".{SCORES_NAME}.", suffix=".tmp", dir=output_dir)
-    default_permissions(scores_temporary)
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for video in videos:
-                rows = rows_by_video.setdefault(video.name, [])
-                for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress):
-                    rows.append(row)
-                    writer.writerow({key: row[key] for key in CSV_COLUMNS})
-                    file.flush()
-        summary = {
-            "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
-            "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
-            "settings": {
-                "data_root": str(data_root), "layout": layout, "weights": weights_used,
-                "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
-                "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
-                "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
-                "limit_frames": limit_frames,
-                "pvd_version": pvd.__version__, "torch_version": torch.__version__,
-                "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            },
-        }
+    for video in videos:
+        rows = rows_by_video.setdefault(video.name, [])
+        with _frame_saver(save_frames, output_dir, video.name, overwrite) as frame_sink:  # hook: --save-frames
+            for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress, frame_sink):
+                rows.append(row)
+    # --- hook (issue 14): under torchrun every rank scored its share; all rows are gathered in the order a
+    # single process scores them, and rank 0 writes the files
+    with sharding.process_group(dev) as context:
+        rows_by_video = sharding.merge_by_name(sharding.gather(rows_by_video, context), video_order)
+    summary = {
+        "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
+        "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
+        "settings": {
+            "data_root": str(data_root), "layout": layout, "weights": weights_used,
+            "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
+            "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
+            "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
+            "limit_frames": limit_frames,
+            "pvd_version": pvd.__version__, "torch_version": torch.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+    }
+    if context.is_main:
+        _write_atomically(output_dir / SCORES_NAME, _csv_text(row for rows in rows_by_video.values() for row in rows))
         _write_atomically(output_dir / SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
         _write_atomically(output_dir / SUMMARY_MD_NAME, markdown_summary(summary))
-        os.replace(scores_temporary, output_dir / SCORES_NAME)
-    except BaseException:
-        Path(scores_temporary).unlink(missing_ok=True)
-        raise
     return summary
+
+
+def _csv_text(rows: Iterable[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row[key] for key in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _frame_saver(save_frames: bool, output_dir: Path, video_name: str, overwrite: bool):
+    """--save-frames: a context giving `sink(name, output, blurry, sharp)` that writes one video's frames
+    (`pvd.eval_frames`); else a context giving None."""
+    if not save_frames:
+        return nullcontext(None)
+    from . import eval_frames
+    return eval_frames.VideoFrameSaver(output_dir, video_name, overwrite=overwrite)

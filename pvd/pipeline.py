@@ -478,12 +478,15 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
         raise ValueError(f"{output}: video output is written as .mp4 only")
     videos = video_io.find_videos(input_path)
     single = len(videos) == 1 and videos[0].path.resolve() == input_path.resolve()
+    # --- hook (issue 14): under torchrun each rank deblurs its share of the videos, on its own GPU
+    from . import sharding
+    videos = sharding.shard(videos, key=lambda video: video.name)
     plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
     for _, frames_dir, mp4_path in plans:
         for target in (frames_dir, mp4_path):
             if target is not None and target.exists() and not overwrite:
                 raise video_io.VideoError(f"{target}: output already exists (use overwrite=True / --overwrite)")
-    dev = resolve_device(device)
+    dev = sharding.rank_device(resolve_device(device))
     resolve_precision(precision, dev)
     if model is None:
         model = load_model(weights, device=dev, allow_untrained=allow_untrained)

@@ -19,8 +19,9 @@ Exactness: steps 1-2 match the untiled step (below the flow-pixel limit, for flo
 PVDNet's outputs near a tile's border differ from the untiled ones because its convolutions see zero padding
 there instead of the neighbouring pixels; the ramps give those pixels little weight (measured in README).
 
-Memory model (`auto`): peak bytes ~ FRAME_BYTES_PER_PIXEL x frame pixels + BIMNET_BYTES_PER_PIXEL x BIMNet pixels
-+ PVDNET_BYTES_PER_PIXEL x tile pixels, per batch element (measured on CPU, fp32: see bench/e2e.py `tiling`).
+Memory model (`auto`): peak bytes ~ FIXED_BYTES + FRAME_BYTES_PER_PIXEL x frame pixels + the larger of
+BIMNET_BYTES_PER_PIXEL x BIMNet pixels and PVDNET_BYTES_PER_PIXEL x tile pixels (BIMNet's activations are freed
+before the tiles run), per batch element (measured on CPU, fp32: see `bench/e2e.py tiling`).
 `auto` takes the largest tile (a multiple of TILE_MULTIPLE, at most MAX_AUTO_TILE) that fits in the free memory
 (CUDA: torch.cuda.mem_get_info; CPU: MemAvailable of /proc/meminfo) times MEMORY_SAFETY, or a given budget.
 """
@@ -44,12 +45,14 @@ DEFAULT_FLOW_PIXELS = 1280 * 736  # BIMNet runs on at most this many pixels (720
 MIN_FLOW_PIXELS = 256 * 256
 MAX_FLOW_MARGIN = 256  # pixels: flows longer than this read the fill value beyond the grown tile
 MEMORY_SAFETY = 0.6  # fraction of the free memory `auto` plans to use
-# Measured peak bytes per pixel (fp32, batch 1; bench/e2e.py `tiling` rows): whole-frame buffers (frames,
-# flow, blended output), BIMNet per input pixel, PVDNet + pixel volume per tile pixel.
-FRAME_BYTES_PER_PIXEL = 80
-BIMNET_BYTES_PER_PIXEL = 1400
-PVDNET_BYTES_PER_PIXEL = 1700
-FIXED_BYTES = 300 * 2**20  # weights, allocator slack
+# Peak bytes per pixel (fp32, batch 1), measured as the growth of the peak resident memory of a CPU process
+# between 256x256 and 512x512 (`bench/e2e.py tiling --calibrate`): BIMNet per (padded) input pixel, pixel
+# volume + PVDNet per tile pixel. Whole-frame buffers (four frames, flow, blended output and weights, decoded
+# and encoded frames in flight) are counted, not measured.
+FRAME_BYTES_PER_PIXEL = 100
+BIMNET_BYTES_PER_PIXEL = 1450
+PVDNET_BYTES_PER_PIXEL = 1850
+FIXED_BYTES = 400 * 2**20  # the process: libraries, weights, allocator slack
 KERNEL_RADIUS = pipeline.PIXEL_VOLUME_KERNEL // 2
 
 
@@ -69,8 +72,8 @@ def estimate_peak_bytes(height: int, width: int, tile: int | None, flow_pixels: 
     """The memory model's peak bytes of one tiled step on a height x width frame (see the module docstring)."""
     pixels = height * width
     tile_pixels = pixels if tile is None else min(tile, height) * min(tile, width)
-    return FIXED_BYTES + batch * (FRAME_BYTES_PER_PIXEL * pixels + BIMNET_BYTES_PER_PIXEL * min(pixels, flow_pixels)
-                                  + PVDNET_BYTES_PER_PIXEL * tile_pixels)
+    networks = max(BIMNET_BYTES_PER_PIXEL * min(pixels, flow_pixels), PVDNET_BYTES_PER_PIXEL * tile_pixels)
+    return FIXED_BYTES + batch * (FRAME_BYTES_PER_PIXEL * pixels + networks)
 
 
 def free_memory_bytes(device: torch.device) -> int:

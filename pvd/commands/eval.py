@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="border cropped by the aligned protocol, pixels (default %(default)s)")
     parser.add_argument("--zero-flow", action="store_true",
                         help="ablation: feed PVDNet pixel volumes built from a zero flow instead of BIMNet's")
+    parser.add_argument("--save-frames", action="store_true",
+                        help="also write the deblurred frames (OUTPUT/frames/<video>/) and blurry | deblurred | "
+                             "sharp side-by-sides (OUTPUT/side_by_side/<video>/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing score files in OUTPUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -52,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
             large=args.large, device=args.device, precision=args.precision, size_policy=args.size_policy,
             layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
             limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
-            zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet)
+            zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet,
+            save_frames=args.save_frames)
     except ValueError as error:
         print(f"pvd eval: error: {error}", file=sys.stderr)
         return 1
+    from pvd import sharding
+    if not sharding.current().is_main:  # under torchrun rank 0 reports (and wrote the files)
+        return 0
     print(evaluate.markdown_summary(summary))
     print(f"wrote {args.output}/{{{', '.join(evaluate.OUTPUT_NAMES)}}}")
     return 0

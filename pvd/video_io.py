@@ -7,12 +7,14 @@ Inputs (`find_videos`):
 
 Frames are streamed as RGB numpy arrays (H, W, 3), uint8, or uint16 for 16-bit PNG/TIFF frames and video of more
 than 8 bits; gray and RGBA inputs are converted to RGB with a warning. Without PyAV (`av_codec.HAS_AV` False)
-video files are refused with a one-line message and frame folders still work. Bad input raises `VideoError` (a ValueError) naming the file: missing path,
-unreadable or corrupt frame, frame sizes differing inside one video, empty folder.
+video files are refused with a one-line message and frame folders still work. Bad input raises `VideoError` (a
+ValueError) naming the file: missing path, unreadable or corrupt frame, frame sizes differing inside one video,
+empty folder.
 
 Outputs (`VideoWriter`): PNG frames (16-bit kept) and/or an h264 mp4 (`pvd.av_codec.H264Encoder`: CRF 17 by
-default, the source's exact rate and timestamps, its audio copied, metadata and rotation kept). They are written under temporary names next to their destination and renamed into place when
-the video is complete; on error the temporaries are removed, so no partial output remains.
+default, the source's exact rate and timestamps, its audio copied, metadata and rotation kept). They are written
+under temporary names next to their destination and renamed into place when the video is complete; on error the
+temporaries are removed, so no partial output remains.
 """
 
 from __future__ import annotations
@@ -295,8 +297,9 @@ class VideoWriter:
             self.video_path = None
         source_file = source is not None and source.frame_paths is None
         if source_file and fps and source.rate is not None and abs(float(source.rate) - float(fps)) > 1e-3:
-            warnings.warn(f"{self.video_path or self.frames_dir}: fps {fps} replaces the source's {float(source.rate):.3f}: "
-                          f"frames are retimed, the source's audio and timestamps are not kept", stacklevel=2)
+            warnings.warn(f"{self.video_path or self.frames_dir}: fps {fps} replaces the source's "
+                          f"{float(source.rate):.3f}: frames are retimed, the source's audio and timestamps are not "
+                          f"kept", stacklevel=2)
             source_file = False
         if fps:
             self.rate = av_codec.rate_from_fps(float(fps))

@@ -186,3 +186,24 @@ def test_cli_refuses_a_bad_tile_in_one_line(tmp_path, capsys):
     assert code == 1
     assert "tile must be" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_deblurs_tiled_into_h264_with_crf_and_fps(tmp_path):
+    import av
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "clip").mkdir()
+    for index in range(3):
+        frame = cv2.GaussianBlur(rng.integers(0, 256, size=(70, 90, 3), dtype=np.uint8), (5, 5), 1.0)
+        cv2.imwrite(str(tmp_path / "clip" / f"{index}.png"), frame)
+    code = main(["deblur", str(tmp_path / "clip"), "-o", str(tmp_path / "out"), "--format", "both", "--tile", "64",
+                 "--tile-overlap", "16", "--crf", "20", "--fps", "12", "--allow-untrained", "--quiet",
+                 "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.average_rate, stream.frames) == ("h264", 12, 3)
+        assert (stream.codec_context.width, stream.codec_context.height) == (90, 70)

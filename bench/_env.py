@@ -158,29 +158,33 @@ def print_banner(env: dict) -> None:
 def append_rows(csv_path, rows: list[dict]) -> None:
     """Append `rows` to the CSV at `csv_path` (created with a header when new), atomically (temp file + rename).
 
-    An existing file keeps its column order; a row with a column the file lacks raises ValueError.
+    An existing file keeps its column order; columns that only the new rows have are added at the end of the
+    header (earlier rows get empty cells there), so results of newer benchmark versions merge into old files.
     """
     if not rows:
         return
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     existing = csv_path.read_text() if csv_path.is_file() else ""
+    old_rows: list[dict] = []
     if existing.strip():
-        fieldnames = next(csv.reader([existing.splitlines()[0]]))
+        reader = csv.DictReader(existing.splitlines())
+        fieldnames = list(reader.fieldnames or [])
+        old_rows = list(reader)
     else:
         existing = ""
-        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
-    unknown = sorted({key for row in rows for key in row} - set(fieldnames))
-    if unknown:
-        raise ValueError(f"{csv_path} has no column(s) {unknown}; its columns are {fieldnames}")
+        fieldnames = []
+    added = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in fieldnames]
+    fieldnames += added
     fd, tmp_name = tempfile.mkstemp(prefix=f".{csv_path.name}.", dir=csv_path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as handle:
-            if existing:
+            if existing and not added:  # the old lines stay byte for byte
                 handle.write(existing if existing.endswith("\n") else existing + "\n")
             writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
-            if not existing:
+            if not existing or added:
                 writer.writeheader()
+                writer.writerows(old_rows)
             writer.writerows(rows)
         os.chmod(tmp_name, CSV_FILE_MODE)
         os.replace(tmp_name, csv_path)

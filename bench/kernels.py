@@ -2,6 +2,7 @@
 
     python bench/kernels.py [--ops correlation warp pixel_volume] [--modes fwd fwd+bwd] [--quick | --full]
                             [--dtype float32] [--providers ...] [--csv bench/results/kernels.csv] [--no-csv]
+                            [--time-limit SECONDS] [--dry-run]
 
 Sizes (batch 1): correlation and warp at every LiteFlowNet pyramid level of a 1280x720 pair -- level 2: 64 ch
 at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 4-6: 96/128/192 ch at 160x90,
@@ -9,20 +10,29 @@ at 640x360 (correlation stride 2), level 3: 64 ch at 320x180 (stride 2), levels 
 `--quick` divides every height and width by QUICK_DIVISOR (the default on CPU). Flows are Gaussian, sigma
 FLOW_SIGMA_PX pixels.
 
-Providers: `pvd` (the Triton op; GPU only), `reference` (pvd.kernels.reference), `grid_sample` (warp through
-F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
+Providers: `pvd` (the Triton op; GPU only; for correlation every kernel design of pvd.kernels.correlation side by
+side, rows labelled `pvd[tiled]` and `pvd[legacy]`), `reference` (pvd.kernels.reference), `grid_sample` (warp
+through F.grid_sample on the normalised grid, as the original PVDNet does), `original_loop` (pixel volume: a port of the
 original algorithm, 25 nearest-neighbour grid_sample lookups with zero-padded shifted masks). Every provider's
 forward output is checked against `reference` before it is timed (column `check`).
 
 GPU: `triton.testing.do_bench`, median ms (L2 flushed between runs). CPU: time.perf_counter median; only the
 reference and baseline providers run and the rows say "CPU" in the device column. GB/s counts the minimal bytes
 moved (each input element read once, each output written once; see `*_bytes` below); % of peak uses the data
-sheet bandwidth of the GPU (bench/_env.py). Rows are appended to bench/results/kernels.csv.
+sheet bandwidth of the GPU (bench/_env.py; columns peak_gbps, "unknown" for a GPU not in the table, and
+pct_peak). Rows are appended to bench/results/kernels.csv after each case, so an interrupted run keeps them.
+
+`--time-limit`: cases start only while time is left (bench/_budget.py). `--dry-run` (bench/gpu_check.py): tiny
+sizes and channel counts, one timed run per measurement; on CPU under TRITON_INTERPRET=1 the pvd provider then
+runs in the interpreter (a functional check, timings meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
+import os
 import statistics
 import sys
 import time
@@ -36,9 +46,19 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
+from _env import (  # noqa: E402
+    PATH_CPU_REFERENCE,
+    PATH_INTERPRETER,
+    append_rows,
+    describe_environment,
+    env_columns,
+    print_banner,
+)
 
 from pvd.kernels import correlation, pixel_volume, reference, warp  # noqa: E402
+
+correlation_module = importlib.import_module("pvd.kernels.correlation")
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "kernels.csv"
 OPS = ("correlation", "warp", "pixel_volume")
@@ -54,6 +74,7 @@ PYRAMID_LEVELS = ((2, 64, 640, 360, 2), (3, 64, 320, 180, 2), (4, 96, 160, 90, 1
                   (6, 192, 40, 23, 1))
 MAX_DISPLACEMENT = 3
 PIXEL_VOLUME_KERNEL = 5
+AUTOCAST_DTYPE = torch.bfloat16  # PVDNet's autocast precision on the GPU
 IMAGE_CHANNELS = 3
 BATCH = 1
 FLOW_SIGMA_PX = 4.0
@@ -63,11 +84,20 @@ MIN_QUICK_SIZE = 8
 GPU_WARMUP_MS, GPU_REP_MS = 25, 100
 # CPU timing: at least CPU_MIN_RUNS runs and CPU_MIN_SECONDS, at most CPU_MAX_RUNS runs.
 CPU_MIN_RUNS, CPU_MAX_RUNS, CPU_MIN_SECONDS = 3, 20, 0.3
+CPU_WARMUP_RUNS = 1
 CPU_THREADS = 1
 # Forward check against the reference: |a - b| <= atol * max(1, max|reference|) + rtol * |reference|.
 CHECK_TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-10, 1e-10),
                    torch.float16: (2e-2, 1e-2), torch.bfloat16: (5e-2, 2e-2)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# --dry-run: a stride-2 and a stride-1 level and a frame, tiny, with a smaller displacement range and pixel-volume
+# kernel (the interpreter's time grows with them); every provider and mode still runs.
+DRY_RUN_LEVELS = ((2, 4, 20, 12, 2), (6, 8, 7, 5, 1))
+DRY_RUN_FRAME = (24, 16)  # width, height
+DRY_RUN_MAX_DISPLACEMENT = 1
+DRY_RUN_PIXEL_VOLUME_KERNEL = 3
+# A case starts only when at least this many seconds of --time-limit are left.
+CASE_RESERVE_S = 2.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,7 +137,7 @@ def _shift_zero_padded(plane: torch.Tensor, dy: int, dx: int, pad: int) -> torch
 
 
 def original_loop_pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
-                               kernel_size: int = PIXEL_VOLUME_KERNEL) -> torch.Tensor:
+                               kernel_size: int | None = None) -> torch.Tensor:
     """The original PVDNet pixel-volume algorithm: one pass per offset (k*k passes), in plain PyTorch ops.
 
     image, fill: (B, 3, H, W); flow: (B, 2, H, W) pixels. Returns (B, k*k, H, W), channel (i+h)*k + (j+h).
@@ -115,6 +145,7 @@ def original_loop_pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: to
     nearest-neighbour grid_sample on normalised coordinates; targets outside [1, W-2] x [1, H-2] take the fill;
     value and mask are then shifted by (j, i) with zero padding (0 where the neighbour is off the image).
     """
+    kernel_size = PIXEL_VOLUME_KERNEL if kernel_size is None else kernel_size  # read at call time (--dry-run)
     _, _, height, width = flow.shape
     half = kernel_size // 2
     red, green, blue = reference.GRAY_WEIGHTS
@@ -154,6 +185,8 @@ class Case:
     forward_elements: int
     backward_elements: int
     notes: dict = field(default_factory=dict)
+    # The case makes its inputs in fixed dtypes (not --dtype) and counts forward/backward_elements in bytes.
+    counts_bytes: bool = False
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -168,6 +201,26 @@ def _scaled(width: int, height: int, quick: bool) -> tuple[int, int]:
 
 def _flow(batch, height, width, device, dtype, generator) -> torch.Tensor:
     return (FLOW_SIGMA_PX * torch.randn(batch, 2, height, width, generator=generator)).to(device, dtype)
+
+
+def provider_base(name: str) -> str:
+    """'pvd[tiled]' -> 'pvd': the provider a design-labelled provider belongs to."""
+    return name.split("[", 1)[0]
+
+
+def _correlation_with_design(design: str) -> Callable[..., torch.Tensor]:
+    """pvd's correlation run with PVD_CORRELATION_KERNEL=design (the backward keeps the forward's design)."""
+    def run(f1, f2, stride):
+        previous = os.environ.get(correlation_module.KERNEL_ENV)
+        os.environ[correlation_module.KERNEL_ENV] = design
+        try:
+            return correlation(f1, f2, MAX_DISPLACEMENT, stride)
+        finally:
+            if previous is None:
+                del os.environ[correlation_module.KERNEL_ENV]
+            else:
+                os.environ[correlation_module.KERNEL_ENV] = previous
+    return run
 
 
 def correlation_cases(quick: bool) -> list[Case]:
@@ -188,7 +241,8 @@ def correlation_cases(quick: bool) -> list[Case]:
         backward = BATCH * (displacements * out_h * out_w + 2 * channels * out_h * out_w + 2 * channels * height * width)
         cases.append(Case(
             "correlation", f"L{level} {BATCH}x{channels}x{height}x{width} s{stride}", make,
-            {"pvd": lambda f1, f2, s=stride: correlation(f1, f2, MAX_DISPLACEMENT, s),
+            {**{f"pvd[{name}]": lambda f1, f2, s=stride, run=_correlation_with_design(name): run(f1, f2, s)
+                for name in correlation_module.KERNEL_DESIGNS},
              "reference": lambda f1, f2, s=stride: reference.correlation(f1, f2, MAX_DISPLACEMENT, s)},
             ("f1", "f2"), forward, backward))
     return cases
@@ -230,12 +284,35 @@ def pixel_volume_cases(quick: bool) -> list[Case]:
     # write the image and fill gradients.
     forward = pixels * (2 * IMAGE_CHANNELS + 2 + volume)
     backward = pixels * (volume + 2 + 2 * IMAGE_CHANNELS)
-    return [Case(
+    plain = Case(
         "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL}", make,
         {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL),
          "original_loop": original_loop_pixel_volume},
-        ("image", "fill"), forward, backward)]
+        ("image", "fill"), forward, backward)
+
+    # What PVDNet's first convolution consumes under autocast: float32 frames and flow in, the volume out in
+    # bfloat16 channels_last. pvd emits it directly; the others pay the cast and layout copy after.
+    def make_float32(device, dtype):
+        return make(device, torch.float32)
+
+    to_network = dict(out_dtype=AUTOCAST_DTYPE, channels_last=True)
+
+    def cast_for_network(volume: torch.Tensor) -> torch.Tensor:
+        return volume.to(AUTOCAST_DTYPE).contiguous(memory_format=torch.channels_last)
+
+    in_bytes = torch.empty((), dtype=torch.float32).element_size() * pixels * (2 * IMAGE_CHANNELS + 2)
+    out_bytes = torch.empty((), dtype=AUTOCAST_DTYPE).element_size() * pixels * volume
+    grads_bytes = torch.empty((), dtype=torch.float32).element_size() * pixels * (2 + 2 * IMAGE_CHANNELS)
+    autocast = Case(
+        "pixel_volume", f"{BATCH}x{IMAGE_CHANNELS}x{height}x{width} k{PIXEL_VOLUME_KERNEL} -> bf16 channels_last",
+        make_float32,
+        {"pvd": lambda image, flow, fill: pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL, **to_network),
+         "reference": lambda image, flow, fill: reference.pixel_volume(image, flow, fill, PIXEL_VOLUME_KERNEL,
+                                                                       **to_network),
+         "original_loop": lambda image, flow, fill: cast_for_network(original_loop_pixel_volume(image, flow, fill))},
+        ("image", "fill"), in_bytes + out_bytes, out_bytes + grads_bytes, counts_bytes=True)
+    return [plain, autocast]
 
 
 CASE_BUILDERS = {"correlation": correlation_cases, "warp": warp_cases, "pixel_volume": pixel_volume_cases}
@@ -252,7 +329,8 @@ def _time_gpu(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None)
 
 
 def _time_cpu(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None) -> float:
-    fn()  # warm-up
+    for _ in range(CPU_WARMUP_RUNS):
+        fn()
     times = []
     start = time.perf_counter()
     while len(times) < CPU_MAX_RUNS and (len(times) < CPU_MIN_RUNS or time.perf_counter() - start < CPU_MIN_SECONDS):
@@ -290,14 +368,12 @@ def measure_case(case: Case, providers: list[str], modes: list[str], device: tor
                  dtype: torch.dtype) -> list[Measurement]:
     """Check and time every requested provider of `case` in every mode."""
     timer = _time_gpu if device.type == "cuda" else _time_cpu
-    element_bytes = torch.empty((), dtype=dtype).element_size()
+    element_bytes = 1 if case.counts_bytes else torch.empty((), dtype=dtype).element_size()
     inputs = case.make_inputs(device, dtype)
     with torch.no_grad():
         expected = case.providers[REFERENCE_PROVIDER](**inputs)
     results = []
-    for provider in providers:
-        if provider not in case.providers:
-            continue
+    for provider in [name for wanted in providers for name in case.providers if provider_base(name) == wanted]:
         fn = case.providers[provider]
         with torch.no_grad():
             max_error, check_ok = _check(fn(**inputs), expected)
@@ -340,7 +416,7 @@ def format_table(results: list[Measurement], peak_gbps: float | None, cpu: bool)
     rows = [header]
     first_seen = {size: index for index, size in reversed(list(enumerate(r.size for r in results)))}
     ordered = sorted(results, key=lambda r: (OPS.index(r.op), first_seen[r.size], MODES.index(r.mode),
-                                             PROVIDERS.index(r.provider)))
+                                             PROVIDERS.index(provider_base(r.provider)), r.provider))
     for r in ordered:
         peak = f"{100 * r.gbps / peak_gbps:.1f}" if peak_gbps else "-"
         rows.append((r.op, r.size, r.mode, r.provider + (" (CPU)" if cpu else ""), f"{r.median_ms:.4g}",
@@ -360,57 +436,129 @@ def _parse_args(argv):
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help=f"sizes divided by {QUICK_DIVISOR} (default on CPU)")
     size.add_argument("--full", action="store_true", help="full sizes (default on GPU)")
+    size.add_argument("--dry-run", action="store_true",
+                      help="tiny sizes, one timed run each (the CPU dry run of scripts/gpu_check.sh)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--csv", default=str(RESULTS_CSV), help="results CSV to append to")
     parser.add_argument("--no-csv", action="store_true", help="do not write the results CSV")
     parser.add_argument("--cpu-threads", type=int, default=CPU_THREADS,
                         help=f"torch threads on CPU (default {CPU_THREADS}: stable timings on a shared machine)")
+    add_time_limit_argument(parser)
     return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hooks of bench/gpu_check.py: dry-run sizes, peak bandwidth columns, the summary line.
+
+def _shrink_for_dry_run() -> None:
+    """Swap the module's sizes for tiny ones and time each measurement once (--dry-run)."""
+    global PYRAMID_LEVELS, FRAME_WIDTH, FRAME_HEIGHT, MAX_DISPLACEMENT, PIXEL_VOLUME_KERNEL
+    global CPU_MIN_RUNS, CPU_MAX_RUNS, CPU_MIN_SECONDS, CPU_WARMUP_RUNS, GPU_WARMUP_MS, GPU_REP_MS
+    PYRAMID_LEVELS = DRY_RUN_LEVELS
+    FRAME_WIDTH, FRAME_HEIGHT = DRY_RUN_FRAME
+    MAX_DISPLACEMENT, PIXEL_VOLUME_KERNEL = DRY_RUN_MAX_DISPLACEMENT, DRY_RUN_PIXEL_VOLUME_KERNEL
+    CPU_MIN_RUNS = CPU_MAX_RUNS = 1
+    CPU_MIN_SECONDS, CPU_WARMUP_RUNS = 0.0, 0
+    GPU_WARMUP_MS, GPU_REP_MS = 1, 1
+
+
+def peak_columns(gbps: float, env: dict) -> dict:
+    """peak_gbps (data sheet; 'unknown' for a GPU not in bench/_env.py's table, '' on CPU) and pct_peak."""
+    peak_gbps = env["peak_gbps"]
+    if peak_gbps is None:
+        return {"peak_gbps": "unknown" if env["device_type"] == "cuda" else "", "pct_peak": ""}
+    return {"peak_gbps": f"{peak_gbps:.0f}", "pct_peak": f"{100 * gbps / peak_gbps:.3g}"}
+
+
+def summary_line(results: list[Measurement], peak_gbps: float | None) -> str:
+    """One line for bench/gpu_check.py: per op and pvd provider (e.g. each correlation design, 'pvd[tiled]'), the
+    geometric-mean speed-up over the original code's algorithm across sizes and modes; pvd's best GB/s."""
+    parts = []
+    for op in OPS:
+        pvd_providers = [r.provider for r in results if r.op == op and r.provider.split("[")[0] == "pvd"]
+        for provider in dict.fromkeys(pvd_providers):
+            ratios = []
+            for r in results:
+                if (r.op, r.provider) != (op, provider):
+                    continue
+                base = next((b for b in results if (b.op, b.mode, b.size, b.provider) ==
+                             (op, r.mode, r.size, ORIGINAL_BASELINE[op])), None)
+                if base is not None:
+                    ratios.append(base.median_ms / r.median_ms)
+            if ratios:
+                mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+                parts.append(f"{op} {provider} {mean:.3g}x vs {ORIGINAL_BASELINE[op]}")
+    pvd_rows = [r for r in results if r.provider.split("[")[0] == "pvd"]
+    if pvd_rows:
+        best = max(pvd_rows, key=lambda r: r.gbps)
+        peak = f" = {100 * best.gbps / peak_gbps:.0f}% of {peak_gbps:.0f}" if peak_gbps else ""
+        parts.append(f"best {best.gbps:.4g} GB/s{peak} ({best.op} {best.provider} {best.mode} {best.size})")
+    return "summary: " + ("; ".join(parts) if parts else "no pvd measurement")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     on_gpu = torch.cuda.is_available()
+    interpreting = not on_gpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = DTYPES[args.dtype]
-    quick = args.quick or (not on_gpu and not args.full)
+    if args.dry_run:
+        _shrink_for_dry_run()
+    quick = not args.dry_run and (args.quick or (not on_gpu and not args.full))
     if not on_gpu:
         if args.cpu_threads < 1:
             raise ValueError(f"--cpu-threads must be >= 1, got {args.cpu_threads}")
         torch.set_num_threads(args.cpu_threads)
-    env = describe_environment() if on_gpu else describe_environment(path=PATH_CPU_REFERENCE)
-    print_banner(env)
     providers = list(args.providers)
-    if not on_gpu and "pvd" in providers:
+    pvd_in_interpreter = interpreting and "pvd" in providers
+    if on_gpu:
+        env = describe_environment()
+    else:
+        env = describe_environment(path=PATH_INTERPRETER if pvd_in_interpreter else PATH_CPU_REFERENCE)
+    print_banner(env)
+    if not on_gpu and "pvd" in providers and not interpreting:
         providers.remove("pvd")
         print("GPU rows were not measured: no CUDA device, so the pvd Triton ops are skipped "
               "(only the reference and baseline providers run, on the CPU).")
-    print(f"sizes: {'quick (H and W / ' + str(QUICK_DIVISOR) + ')' if quick else 'full'}, dtype {args.dtype}, "
+    if pvd_in_interpreter:
+        print("pvd provider: Triton interpreter on the CPU (TRITON_INTERPRET=1) - a functional check, its timings "
+              "are meaningless")
+    sizes = "dry run (tiny)" if args.dry_run else (f"quick (H and W / {QUICK_DIVISOR})" if quick else "full")
+    print(f"sizes: {sizes}, dtype {args.dtype}, "
           f"timing: {'triton.testing.do_bench median' if on_gpu else 'time.perf_counter median (CPU)'}")
 
+    limit = TimeLimit(args.time_limit)
     results: list[Measurement] = []
     start = time.perf_counter()
     for op in args.ops:
         for case in CASE_BUILDERS[op](quick):
+            if not limit.allows(CASE_RESERVE_S):
+                limit.skip(f"{case.op} {case.size}")
+                continue
             measured = measure_case(case, providers, args.modes, device, dtype)
             if on_gpu:
                 torch.cuda.empty_cache()  # the case's inputs are freed by now
             for r in measured:
                 print(f"  {r.op:13s} {r.size:28s} {r.mode:8s} {r.provider:14s} {r.median_ms:10.4g} ms", flush=True)
             results.extend(measured)
+            if measured and not args.no_csv:  # written per case: an interrupted run keeps what it measured
+                columns = env_columns(env)
+                append_rows(args.csv, [
+                    {"op": r.op, "provider": r.provider, "mode": r.mode, "size": r.size,
+                     "median_ms": f"{r.median_ms:.5g}", "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype,
+                     **peak_columns(r.gbps, env)}
+                    for r in measured])
     print()
     print(format_table(results, env["peak_gbps"], cpu=not on_gpu))
+    if on_gpu and env["peak_gbps"] is None:
+        print(f"peak bandwidth of {env['device']}: unknown (not in bench/_env.py's table), so no % of peak")
     print(f"\n{len(results)} measurements in {time.perf_counter() - start:.1f} s on {env['device']} ({env['path']})")
+    print(summary_line(results, env["peak_gbps"]))
     mismatches = [r for r in results if not r.check_ok]
     for r in mismatches:
         print(f"MISMATCH: {r.provider} {r.op} {r.size}: max |error| {r.max_error:.3g} vs reference")
-
     if results and not args.no_csv:
-        columns = env_columns(env)
-        rows = [{"op": r.op, "provider": r.provider, "mode": r.mode, "size": r.size, "median_ms": f"{r.median_ms:.5g}",
-                 "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype} for r in results]
-        append_rows(args.csv, rows)
-        print(f"appended {len(rows)} row(s) to {args.csv}")
+        print(f"appended {len(results)} row(s) to {args.csv}")
     return 1 if mismatches else 0
 
 

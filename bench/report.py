@@ -7,6 +7,8 @@ Inputs (each optional; unknown columns are ignored, missing ones show as "-"):
 - `e2e.csv`: one row per whole-pipeline measurement: pipeline or model, precision, provider, size, mode,
   median_ms, frames/s (`fps`, `frames_per_s`, ...), device, torch, triton, date.
 - `train.csv`: the same for training, with steps/s (`steps_per_s`, ...).
+- `traffic.csv` (bench/traffic.py): modelled memory traffic per op, direction, level, size and design, as
+  multiples of the ideal bytes; shown as one table with the designs side by side (legacy first).
 
 Speed-up = median ms of the baseline provider (first of `--baseline` present) / median ms of the row, for
 the same (op or pipeline, precision, mode, size) measured on the *same device*. Rows measured on CPU (the
@@ -291,9 +293,81 @@ def _pyplot():
     return pyplot
 
 
+TRAFFIC_FIGURES = (("l2_x", "L2->SM x"), ("dram_x", "DRAM x"), ("dram_host_x", "DRAM+host x"),
+                   ("requested_x", "req x"), ("atomics_per_output", "atomics/out"))
+TRAFFIC_OPS = ("correlation", "warp", "pixel_volume")
+TRAFFIC_DIRECTIONS = ("fwd", "bwd")
+FIRST_DESIGN = "legacy"
+
+
+def read_traffic(path: Path) -> list[dict]:
+    """Rows of traffic.csv, the latest (date, then line) per (op, direction, level, size, design)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        records = [{(name or "").strip(): (value or "").strip() for name, value in record.items()}
+                   for record in csv.DictReader(handle)]
+    chosen: dict[tuple, dict] = {}
+    for record in records:
+        if not record.get("op"):
+            continue
+        key = tuple(record.get(name, "") for name in ("op", "direction", "level", "size", "design"))
+        if key not in chosen or record.get("date", "") >= chosen[key].get("date", ""):
+            chosen[key] = record
+    return list(chosen.values())
+
+
+def _design_order(design: str) -> tuple:
+    return (design != FIRST_DESIGN, design)
+
+
+def _traffic_row_order(key: tuple) -> tuple:
+    op, direction, level, size = key
+    return (TRAFFIC_OPS.index(op) if op in TRAFFIC_OPS else len(TRAFFIC_OPS), op, level, _size_order(size),
+            TRAFFIC_DIRECTIONS.index(direction) if direction in TRAFFIC_DIRECTIONS else len(TRAFFIC_DIRECTIONS),
+            direction)
+
+
+def _traffic_section(records: list[dict]) -> list[str]:
+    """Markdown: one row per (op, direction, level, size), the figures of each design side by side."""
+    designs = sorted({record.get("design") or MISSING for record in records}, key=_design_order)
+    by_key: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for record in records:
+        key = tuple(record.get(name) or MISSING for name in ("op", "direction", "level", "size"))
+        by_key[key][record.get("design") or MISSING] = record
+    lines = ["## Memory traffic (modelled, Triton interpreter)", "",
+             "`bench/traffic.py`: every load, store and atomic of the kernels recorded in Triton's interpreter, as "
+             "multiples of the ideal bytes (inputs read once, outputs written once). L2->SM: sum over program "
+             "instances of the distinct 32-byte sectors each touches; DRAM: distinct sectors per launch; +host: "
+             "plus the tensor passes the op runs outside kernels; req: masked-in lanes x element size. Shapes are "
+             "the network's at a 1280x720 frame, cut down for the interpreter (sizing: strips of the real width "
+             "with fewer rows, which keeps the geometry of kernels that tile pixels along rows exact, or each "
+             "side divided). Not GPU measurements.", ""]
+    header = ["op", "direction", "level", "size", "sizing"] + [f"{design} {label}" for design in designs
+                                                                 for _, label in TRAFFIC_FIGURES]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in sorted(by_key, key=_traffic_row_order):
+        cells = list(key) + [next((record.get("sizing") for record in by_key[key].values() if record.get("sizing")),
+                                  MISSING)]
+        for design in designs:
+            record = by_key[key].get(design)
+            cells += [_format(_number(record.get(column, ""))) if record else MISSING
+                      for column, _ in TRAFFIC_FIGURES]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for design in designs:
+        measured = [record for record in records if (record.get("design") or MISSING) == design]
+        stamps = sorted({", ".join(part for part in (record.get("git") and f"git {record['git']}",
+                                                     record.get("triton") and f"triton {record['triton']}",
+                                                     record.get("date")) if part) for record in measured})
+        lines.append(f"- {design}: " + "; ".join(stamp for stamp in stamps if stamp))
+    return lines + [""]
+
+
 def build_report(results_dir: Path, out_dir: Path | None = None, baselines: Sequence[str] = DEFAULT_BASELINES,
                  plots: bool = True) -> Path:
-    """Read `results_dir/{kernels,e2e,train}.csv`, write `REPORT.md` (and PNGs) to `out_dir`; return its path."""
+    """Read `results_dir/{kernels,e2e,train,traffic}.csv`, write `REPORT.md` (and PNGs) to `out_dir`; return its
+    path."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,8 +392,13 @@ def build_report(results_dir: Path, out_dir: Path | None = None, baselines: Sequ
             else:
                 images = plot_throughput(rows, kind, out_dir, pyplot)
         lines += _section(kind, rows, images)
+    traffic = read_traffic(results_dir / "traffic.csv")
+    if traffic:
+        found_any = True
+        lines += _traffic_section(traffic)
     if not found_any:
-        lines += [f"No results found in `{results_dir}` (expected kernels.csv, e2e.csv or train.csv).", ""]
+        lines += [f"No results found in `{results_dir}` (expected kernels.csv, e2e.csv, train.csv or traffic.csv).",
+                  ""]
     report = out_dir / REPORT_NAME
     with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=".REPORT.", suffix=".tmp", delete=False) as handle:
         handle.write("\n".join(lines))

@@ -3,7 +3,7 @@ stage 1 (BIMNet, blur-invariant loss), with the real trainers of `pvd.training`.
 
     python bench/train.py [--stages pvdnet,pvdnet_large,bimnet] [--precisions fp32,bf16] [--compile off,on]
                           [--batch 8] [--size 256] [--clip-frames 15] [--clips 3] [--warmup 1]
-                          [--csv bench/results/train.csv]
+                          [--csv bench/results/train.csv] [--time-limit SECONDS] [--dry-run]
 
 GPU (the paper setting): batch 8, 256x256 crops, 15-frame clips = 13 recurrent steps, one optimizer step per
 frame step, fp32 and bf16 autocast (PVDNet only; BIMNet and the pixel volume stay fp32). Stage 1 uses the
@@ -16,11 +16,18 @@ is not timed. Weights are random (seeded); speed does not depend on them.
 
 CPU: a tiny labelled run (batch 2, 64x64, 4-frame clips, fp32, eager) that checks the machinery; its rows say
 "CPU" in the device column and are no training-speed measurement.
+
+Rows are appended to the CSV as each configuration ends. `--time-limit` (bench/_budget.py): a configuration
+starts only while time is left, and times fewer clips (at least one, column clips_timed) when its share of
+the time left, measured by its warm-up clip, does not fit --clips. `--dry-run` (bench/gpu_check.py): batch 1,
+32x32, 3-frame clips, one clip, no warm-up, stage 1 on blurry pairs only, PVDNet-large too when asked for,
+fp32 eager.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
 from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
 
 from pvd.training import load_config  # noqa: E402
@@ -45,6 +53,9 @@ STAGE_SETTINGS = {  # bench name -> (run.stage, model.large)
 }
 GPU_DEFAULTS = {"batch": 8, "size": 256, "clip_frames": 15, "clips": 3, "warmup": 1}
 CPU_DEFAULTS = {"batch": 2, "size": 64, "clip_frames": 4, "clips": 1, "warmup": 1}
+DRY_RUN_SETTINGS = {"batch": 1, "size": 32, "clip_frames": 3, "clips": 1, "warmup": 0}
+DRY_RUN_OVERRIDES = ["loss.flow_pairs=['bb']"]  # stage 1 on one pairing instead of four: a quarter of the work
+CONFIG_RESERVE_S = 5.0  # a configuration starts only with this much of --time-limit left
 PAN_PIXELS_PER_FRAME = 3
 PICTURE_GRID = 24
 BYTES_PER_GIB = 2**30
@@ -68,24 +79,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, precision: str, compile_: bool, args, device: torch.device) -> dict:
+def affordable_clips(wanted: int, clip_s: float, share_s: float) -> int:
+    """How many timed clips of `clip_s` seconds fit in `share_s` seconds: between 1 and `wanted`."""
+    if clip_s <= 0 or math.isinf(share_s):
+        return wanted
+    return max(1, min(wanted, int(share_s // clip_s)))
+
+
+def measure(name: str, precision: str, compile_: bool, args, device: torch.device,
+            share_s: float = math.inf) -> dict:
     stage, large = STAGE_SETTINGS[name]
     clip_frames = args.clip_frames if stage == "pvdnet" else args.clip_frames - 1  # same step count per clip
     config = load_config(None, [
         f"run.stage='{stage}'", f"run.device='{device.type}'", f"run.precision='{precision}'",
         f"run.compile={'true' if compile_ else 'false'}", f"model.large={'true' if large else 'false'}",
         "model.bimnet_weights='random'", f"data.crop={args.size}", f"data.batch_size={args.batch}",
-        f"data.clip_frames={clip_frames}"])
+        f"data.clip_frames={clip_frames}", *(DRY_RUN_OVERRIDES if args.dry_run else [])])
     torch.manual_seed(0)
     trainer = build_trainer(config, device)
     batch = synthetic_batch(args.batch, clip_frames, args.size, device)
+    warmup_start = time.perf_counter()
     for _ in range(args.warmup):
         trainer.train_clip(batch)
     _sync(device)
+    clip_s = (time.perf_counter() - warmup_start) / args.warmup if args.warmup else 0.0
+    clips = affordable_clips(args.clips, clip_s, share_s - (time.perf_counter() - warmup_start))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     records, started = [], time.perf_counter()
-    for _ in range(args.clips):
+    for _ in range(clips):
         records += trainer.train_clip(batch)
     _sync(device)
     seconds = time.perf_counter() - started
@@ -93,8 +115,8 @@ def measure(name: str, precision: str, compile_: bool, args, device: torch.devic
     peak = round(torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB, 3) if device.type == "cuda" else ""
     row = {
         "bench": "train", "stage": stage, "model": name, "precision": precision, "compile": compile_,
-        "batch": args.batch, "height": args.size, "width": args.size, "steps_per_clip": len(records) // args.clips,
-        "clips_timed": args.clips, "steps_per_s": round(len(records) / seconds, 4),
+        "batch": args.batch, "height": args.size, "width": args.size, "steps_per_clip": len(records) // clips,
+        "clips_timed": clips, "steps_per_s": round(len(records) / seconds, 4),
         "ms_per_step": round(1000 * seconds / len(records), 2), "peak_mem_gib": peak,
         "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6),
         "tf32_conv": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
@@ -114,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                             help=f"GPU default {gpu_default}, CPU default {CPU_DEFAULTS[key]}")
     parser.add_argument("--csv", default=str(RESULTS_CSV))
+    parser.add_argument("--dry-run", action="store_true", help="tiny CPU check of the machinery (scripts/gpu_check.sh)")
+    add_time_limit_argument(parser)
     args = parser.parse_args(argv)
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda") if on_gpu else torch.device("cpu")
-    defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
+    defaults = DRY_RUN_SETTINGS if args.dry_run else (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -131,22 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, PyTorch reference kernels
         os.environ["TRITON_INTERPRET"] = "0"
         precisions, compiles = ["fp32"], [False]
-        stages = [s for s in stages if s != "pvdnet_large"]
+        stages = [s for s in stages if s != "pvdnet_large" or args.dry_run]
 
     env = describe_environment(None if on_gpu else PATH_CPU_REFERENCE)
     print_banner(env)
     print(f"batch {args.batch}, {args.size}x{args.size}, {args.clip_frames}-frame clips, {args.clips} timed clip(s) "
           f"after {args.warmup} warm-up")
-    rows = []
-    for name in stages:
-        for precision in precisions:
-            if STAGE_SETTINGS[name][0] == "bimnet" and precision != "fp32":
-                continue  # BIMNet trains in fp32 only (see pvd.training.stages.BIMNetTrainer)
-            for compile_ in compiles:
-                rows.append({**measure(name, precision, compile_, args, device), **env_columns(env)})
-    append_rows(args.csv, rows)
-    print(f"appended {len(rows)} row(s) to {args.csv}")
-    return 0
+    configs = [(name, precision, compile_) for name in stages for precision in precisions for compile_ in compiles
+               # BIMNet trains in fp32 only (see pvd.training.stages.BIMNetTrainer)
+               if STAGE_SETTINGS[name][0] != "bimnet" or precision == "fp32"]
+    limit = TimeLimit(args.time_limit)
+    rows = 0
+    for index, (name, precision, compile_) in enumerate(configs):
+        if not limit.allows(CONFIG_RESERVE_S):
+            limit.skip(f"{name} {precision} compile={compile_}")
+            continue
+        share_s = limit.left() / (len(configs) - index)
+        row = measure(name, precision, compile_, args, device, share_s)
+        append_rows(args.csv, [{**row, **env_columns(env)}])  # at once: a killed run keeps its rows
+        rows += 1
+    print(f"appended {rows} row(s) to {args.csv}")
+    return 0 if rows else 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ multiple-of-4 crop; the original evaluation crops both alike). The blurry input 
 the same way (`input_*`): the baseline that the deblurred output must beat.
 
 Means, as the originals take them: plain over all scored frames of all videos (the Python evaluation);
-aligned over all frames but each video's first (the MATLAB evaluation starts at frame 2). `seconds` is the
+aligned over all frames but each video's first (the MATLAB evaluation starts at frame 2). PSNR enters the means
+capped at `PSNR_CAP_DB` (100 dB: identical frames score inf), and the summary counts the capped frames; a NaN
+score (non-finite output) is an error. `seconds` is the
 wall time of the pipeline call that produced the frame (GPU synchronised; frame decoding and scoring
 excluded).
 
@@ -29,11 +31,11 @@ from __future__ import annotations
 import collections
 import csv
 import datetime
+import io
 import itertools
 import json
 import math
 import os
-import io
 import tempfile
 import time
 from collections.abc import Iterable
@@ -59,6 +61,14 @@ OUTPUT_NAMES = (SCORES_NAME, SUMMARY_JSON_NAME, SUMMARY_MD_NAME)
 # The MATLAB evaluation scores frames 2..N of each video: frames before this index are left out of its mean.
 FIRST_ALIGNED_INDEX = 1
 GROUND_TRUTH_LAYOUTS = ("dvd", "gopro")
+# `protocol="paper"`: the conditions of the original Python evaluation that produced the figures quoted for the
+# official checkpoints (DVD 31.89 dB, GoPro 31.09 dB): fp32, frames cropped to a multiple of 4, the flow from
+# the multiple-of-32 crop (zero beyond it), plain PSNR/SSIM (uniform 7x7 window) over all frames.
+PROTOCOLS = {"default": {}, "paper": {"precision": "fp32", "size_policy": "original", "plain_ssim_window": "uniform"}}
+# Identical frames score PSNR inf (and the aligned protocol's float round-off ~158 dB): in the means every PSNR
+# is capped at this value, as common toolkits do, and the number of capped frames is reported (`<key>_capped`).
+PSNR_CAP_DB = 100.0
+PSNR_KEYS = tuple(key for key in SCORE_KEYS + INPUT_SCORE_KEYS if "psnr" in key)
 
 
 def _check_limit(name: str, value) -> int | None:
@@ -113,7 +123,11 @@ def _aggregate(rows: list[dict]) -> dict:
     means = {"frames": len(rows), "aligned_frames": len(aligned_rows)}
     for key in SCORE_KEYS + INPUT_SCORE_KEYS:
         scored_rows = aligned_rows if key.endswith("_aligned") else rows
-        means[key] = _json_number(_mean(row[key] for row in scored_rows))
+        values = [row[key] for row in scored_rows]
+        if key in PSNR_KEYS:
+            means[f"{key}_capped"] = sum(value >= PSNR_CAP_DB for value in values)
+            values = [min(value, PSNR_CAP_DB) for value in values]
+        means[key] = _json_number(_mean(values))
     means["seconds_per_frame"] = _json_number(total_seconds / len(rows)) if rows else None
     return means
 
@@ -152,6 +166,10 @@ def markdown_summary(summary: dict) -> str:
         lines.append(f"| {name} | {_format(scores['input_psnr'], 2)} | {_format(scores['input_ssim'], 4)} | "
                      f"{_format(scores['input_psnr_aligned'], 2)} | {_format(scores['input_ssim_aligned'], 4)} | "
                      f"{_format(gains[0], 2)} | {_format(gains[1], 2)} |")
+    capped = {key: summary["overall"].get(f"{key}_capped", 0) for key in PSNR_KEYS}
+    if any(capped.values()):
+        lines += ["", f"PSNR is capped at {PSNR_CAP_DB:g} dB in the means (identical frames score inf); capped "
+                  "frames: " + ", ".join(f"{key} {count}" for key, count in capped.items() if count) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -174,6 +192,11 @@ def _score_video(deblurrer: pipeline.VideoDeblurrer, video: datasets.VideoFrames
         row.update({key: value.item() for key, value in metrics.frame_scores(result, truth, **score_options).items()})
         row.update({INPUT_PREFIX + key: value.item()
                     for key, value in metrics.frame_scores(given, truth, **score_options).items()})
+        broken = [key for key in SCORE_KEYS + INPUT_SCORE_KEYS if math.isnan(row[key])]
+        if broken:
+            source = "input frame" if all(key.startswith(INPUT_PREFIX) for key in broken) else "output"
+            raise ValueError(f"{video.name}/{name}: the {source} scores NaN ({', '.join(broken)}): "
+                             f"it holds non-finite values")
         if frame_sink is not None:  # hook: --save-frames
             frame_sink(name, result, given, truth)
         return row
@@ -203,20 +226,27 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
              limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
              zero_flow: bool = False, overwrite: bool = False, progress: bool = True,
-             save_frames: bool = False) -> dict:
+             protocol: str = "default", save_frames: bool = False) -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
     model: a loaded model (`.bimnet`, `.pvdnet`), else `pipeline.load_model(weights, allow_untrained=...,
     large=...)`. layout: "dvd" | "gopro" (detected when None). limit_videos / limit_frames: score only the
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
     evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pipeline.ZeroFlowModel`; the
-    pixel-volume ablation). save_frames: also write each video's deblurred frames and blurry | deblurred |
-    sharp side-by-sides (`pvd.eval_frames`). Under torchrun each process scores its share of the videos
-    (`pvd.sharding`) and rank 0 writes the files, identical to one process's. Returns the summary (as in
-    summary.json). Raises ValueError for a data set
+    pixel-volume ablation). protocol "paper" overrides precision, size_policy and plain_ssim_window with the
+    original Python evaluation's conditions (`PROTOCOLS`). save_frames: also write each video's deblurred frames
+    and blurry | deblurred | sharp side-by-sides (`pvd.eval_frames`). Under torchrun each process scores its
+    share of the videos (`pvd.sharding`) and rank 0 writes the files, identical to one process's. Returns the
+    summary (as in summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+    settings = {"precision": precision, "size_policy": size_policy, "plain_ssim_window": plain_ssim_window,
+                **PROTOCOLS[protocol]}
+    precision, size_policy, plain_ssim_window = (settings[key] for key in ("precision", "size_policy",
+                                                                           "plain_ssim_window"))
     data_root, output_dir = Path(data_root), Path(output_dir)
     limit_videos = _check_limit("limit_videos", limit_videos)
     limit_frames = _check_limit("limit_frames", limit_frames)
@@ -245,13 +275,21 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     deblurrer = pipeline.VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
     score_options = {"border": border, "plain_ssim_window": plain_ssim_window}
 
+    created_output_dir = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     rows_by_video: dict[str, list[dict]] = {}
-    for video in videos:
-        rows = rows_by_video.setdefault(video.name, [])
-        with _frame_saver(save_frames, output_dir, video.name, overwrite) as frame_sink:  # hook: --save-frames
-            for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress, frame_sink):
-                rows.append(row)
+    try:
+        for video in videos:
+            rows = rows_by_video.setdefault(video.name, [])
+            with _frame_saver(save_frames, output_dir, video.name, overwrite) as frame_sink:  # hook: --save-frames
+                for row in _score_video(deblurrer, video, limit_frames, dev, score_options, progress, frame_sink):
+                    rows.append(row)
+    except BaseException:
+        if created_output_dir:  # a failed run leaves nothing behind (but the frames of videos it finished)
+            for folder in (output_dir / "frames", output_dir / "side_by_side", output_dir):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        raise
     # --- hook (issue 14): under torchrun every rank scored its share; all rows are gathered in the order a
     # single process scores them, and rank 0 writes the files
     with sharding.process_group(dev) as context:
@@ -260,7 +298,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
         "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
         "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
         "settings": {
-            "data_root": str(data_root), "layout": layout, "weights": weights_used,
+            "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
             "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
             "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
             "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,

@@ -163,8 +163,11 @@ def deblur_step(model, prev: torch.Tensor, curr: torch.Tensor, next: torch.Tenso
     prev, curr, next, deblurred_prev = (x[..., :out_h, :out_w].float() for x in (prev, curr, next, deblurred_prev))
 
     flow = estimate_flow(model.bimnet, curr, prev, size_policy)
+    # Emitted directly in the dtype and memory format PVDNet's first convolution consumes: no cast pass.
     volume = kernels.pixel_volume(deblurred_prev.contiguous(), flow.contiguous(), curr.contiguous(),
-                                  kernel_size=PIXEL_VOLUME_KERNEL)
+                                  kernel_size=PIXEL_VOLUME_KERNEL,
+                                  out_dtype=_volume_dtype(curr.device, autocast_dtype),
+                                  channels_last=_uses_channels_last(model.pvdnet))
 
     padded_h, padded_w = _round_up(out_h, DEBLUR_SIZE_MULTIPLE), _round_up(out_w, DEBLUR_SIZE_MULTIPLE)
     net_inputs = [_pad_bottom_right(x, padded_h, padded_w) for x in (volume, prev, curr, next)]
@@ -175,6 +178,16 @@ def deblur_step(model, prev: torch.Tensor, curr: torch.Tensor, next: torch.Tenso
     with autocast:
         out = model.pvdnet(*net_inputs)
     return out[..., :out_h, :out_w].float().contiguous()
+
+
+def _volume_dtype(device: torch.device, autocast_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype PVDNet's convolutions consume the pixel volume in: the autocast dtype when PVDNet runs under
+    autocast (asked for here, or already enabled by the caller for this device), else None (float32)."""
+    if autocast_dtype is not None:
+        return autocast_dtype
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
 
 def _uses_channels_last(module) -> bool:

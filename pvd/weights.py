@@ -171,6 +171,7 @@ def build(architecture: str, state_dict: dict[str, torch.Tensor] | None = None) 
     problems = _mismatches(model, state_dict)
     if problems:
         raise ValueError(f"state dict does not match architecture {architecture!r}: {problems}")
+    _check_finite(state_dict)
     tensors = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model
@@ -217,7 +218,7 @@ def convert_original(source: str | os.PathLike, destination: str | os.PathLike, 
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"cannot read {source} as a PyTorch checkpoint: {error}") from None
+        raise ValueError(f"cannot read {source} as a PyTorch checkpoint: {_unpickling_problem(error)}") from None
     if isinstance(payload, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(payload.get(wrapper), dict):
@@ -229,6 +230,24 @@ def convert_original(source: str | os.PathLike, destination: str | os.PathLike, 
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+def _check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError naming the tensors that hold NaN or infinite values (such weights output garbage)."""
+    bad = [name for name, tensor in state_dict.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"non-finite values (NaN/inf) in {len(bad)} tensor(s): {_listing(bad)}")
+
+
+def _unpickling_problem(error: Exception) -> str:
+    """torch.load's failure in one line, without its advice to retry with weights_only=False (never safe here)."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+        return ("it holds Python objects other than tensors, which pvd refuses to unpickle"
+                + (f" ({detail.removeprefix('WeightsUnpickler error: ')})" if detail else ""))
+    return text.splitlines()[0] if text else type(error).__name__
+
 
 def _new_model(architecture: str, large: bool = False) -> nn.Module:
     """A freshly initialised network of `architecture`; `large` picks PVDNet-large inside a DeblurNet."""
@@ -286,4 +305,5 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], architec
     problems = _mismatches(model, state_dict)
     if problems:
         raise ValueError(f"state dict does not match architecture {architecture!r}: {problems}")
+    _check_finite(state_dict)
     model.load_state_dict(state_dict, strict=True)

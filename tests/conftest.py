@@ -1,9 +1,17 @@
 """Test set-up: without a GPU the Triton kernels run on CPU tensors through the Triton interpreter.
 
+PVD_TEST_DEVICE picks the device of the `device` fixture (where the Triton-path tests run):
+- unset or "auto": "cuda" when a GPU is present, else "cpu" under the interpreter;
+- "cuda": the GPU, with the interpreter off; the session stops at once when CUDA is not available (so a GPU
+  check can never pass on the CPU by mistake);
+- "cpu": the interpreter on CPU tensors, even on a GPU machine.
 TRITON_INTERPRET must be set before triton (and so pvd) is imported, hence here at the top.
 """
 
 import os
+
+DEVICE_ENV = "PVD_TEST_DEVICE"
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 try:
     import torch
@@ -12,16 +20,35 @@ try:
 except ImportError:  # pragma: no cover
     _HAS_CUDA = False
 
-if not _HAS_CUDA:
+_REQUESTED = os.environ.get(DEVICE_ENV, "").strip().lower() or "auto"
+_DEVICE = "cuda" if _REQUESTED == "cuda" or (_REQUESTED == "auto" and _HAS_CUDA) else "cpu"
+
+if _REQUESTED == "cuda":
+    os.environ["TRITON_INTERPRET"] = "0"
+elif _REQUESTED == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+elif not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    if _REQUESTED not in DEVICE_CHOICES:
+        raise pytest.UsageError(f"{DEVICE_ENV}={_REQUESTED!r}: expected one of {', '.join(DEVICE_CHOICES)}")
+    if _REQUESTED == "cuda" and not _HAS_CUDA:
+        raise pytest.UsageError(f"{DEVICE_ENV}=cuda but torch.cuda.is_available() is False: no GPU to test on")
+
+
+def pytest_report_header(config):
+    interpret = os.environ.get("TRITON_INTERPRET", "")
+    return f"pvd test device: {_DEVICE} ({DEVICE_ENV}={_REQUESTED}, TRITON_INTERPRET={interpret})"
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
-    """Where the Triton path runs: 'cuda' when a GPU is present, else 'cpu' under the interpreter."""
-    return "cuda" if _HAS_CUDA else "cpu"
+    """Where the Triton path runs: 'cuda' or 'cpu' (under the interpreter); see PVD_TEST_DEVICE above."""
+    return _DEVICE
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import cv2
 import numpy as np
@@ -242,3 +243,66 @@ def test_zero_flow_ablation_feeds_zero_flow_pixel_volumes(tmp_path):
                 torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, HEIGHT, WIDTH)
             expected = reference.pixel_volume(previous_output.double(), flow.double(), curr.double())
             torch.testing.assert_close(pixel_volume.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_paper_protocol_sets_the_original_evaluation_conditions(tmp_path, capsys):
+    """--protocol paper = fp32, the 'original' size policy (multiple-of-4 frames, multiple-of-32 flow) and the
+    uniform plain SSIM, whatever those options say; the scores equal a run with those settings spelled out."""
+    write_gopro(tmp_path / "data", videos=1, frames=3, height=HEIGHT + 2, width=WIDTH + 3)
+    common = {"model": IdentityModel(), "device": "cpu", "progress": False}
+    paper = evaluate.evaluate(tmp_path / "data", tmp_path / "paper", protocol="paper", size_policy="pad",
+                              plain_ssim_window="gaussian", **common)
+    spelled = evaluate.evaluate(tmp_path / "data", tmp_path / "spelled", precision="fp32", size_policy="original",
+                                plain_ssim_window="uniform", **common)
+    default = evaluate.evaluate(tmp_path / "data", tmp_path / "default", **common)
+    assert paper["settings"]["protocol"] == "paper" and default["settings"]["protocol"] == "default"
+    for key in ("precision", "size_policy", "plain_ssim_window"):
+        assert paper["settings"][key] == spelled["settings"][key]
+    assert read_scores(tmp_path / "paper" / "scores.csv") != [] and \
+        [r["psnr"] for r in read_scores(tmp_path / "paper" / "scores.csv")] == \
+        [r["psnr"] for r in read_scores(tmp_path / "spelled" / "scores.csv")]
+    # The default keeps every pixel (pad policy): other scores on this odd-sized clip.
+    assert [r["psnr"] for r in read_scores(tmp_path / "default" / "scores.csv")] != \
+        [r["psnr"] for r in read_scores(tmp_path / "paper" / "scores.csv")]
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate.evaluate(tmp_path / "data", tmp_path / "x", protocol="matlab", **common)
+    code = main(["eval", str(tmp_path / "data"), "-o", str(tmp_path / "cli"), "--allow-untrained", "--device", "cpu",
+                 "--protocol", "paper", "--limit-frames", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["settings"]["size_policy"] == "original"
+
+
+def test_identical_frames_are_capped_in_the_means_and_counted(tmp_path):
+    """One identical frame (PSNR inf) must not blank the mean: PSNR enters the means capped at 100 dB."""
+    written = write_gopro(tmp_path / "data", videos=1, frames=3)
+    blurry, sharp = written["video0"][1]
+    cv2.imwrite(str(tmp_path / "data" / "video0" / "blur_gamma" / "00001.png"), cv2.cvtColor(sharp, cv2.COLOR_RGB2BGR))
+    summary = evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=IdentityModel(), device="cpu",
+                                progress=False)
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    assert math.isinf(float(rows[1]["psnr"]))  # the frame itself is reported as it is
+    others = [float(rows[i]["psnr"]) for i in (0, 2)]
+    overall = summary["overall"]
+    assert overall["psnr"] == pytest.approx((others[0] + evaluate.PSNR_CAP_DB + others[1]) / 3)
+    assert overall["psnr_capped"] == 1 and overall["input_psnr_capped"] == 1
+    assert overall["psnr_aligned_capped"] == 1 and overall["psnr_aligned"] is not None
+    assert float(rows[1]["psnr_aligned"]) >= evaluate.PSNR_CAP_DB  # identical up to round-off
+    assert "capped at 100 dB" in (tmp_path / "out" / "summary.md").read_text()
+
+
+class NaNModel(IdentityModel):
+    def __init__(self):
+        super().__init__()
+        self.pvdnet = NaNOutput()
+
+
+class NaNOutput(nn.Module):
+    def forward(self, pixel_volume, prev, curr, next):  # noqa: A002
+        return curr * float("nan")
+
+
+def test_a_nan_score_is_an_error_and_leaves_no_scores(tmp_path):
+    write_gopro(tmp_path / "data", videos=1, frames=2)
+    with pytest.raises(ValueError, match="video0/.*the output scores NaN.*non-finite"):
+        evaluate.evaluate(tmp_path / "data", tmp_path / "out", model=NaNModel(), device="cpu", progress=False)
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind either

@@ -1,5 +1,6 @@
 """pvd.kernels.pixel_volume (Triton; the interpreter on CPU) against the float64 reference and a literal,
-loop-based transcription of the original algorithm (SPEC §1.3)."""
+loop-based transcription of the original algorithm (gray candidates looked up where the neighbours' truncated
+flows point, fill's gray near the border)."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from pvd.kernels import pixel_volume, reference
 from pvd.kernels._common import use_triton
 
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # SPEC §1.3
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # the original's RGB -> gray weights
 # Flow values that overflow an int cast, or are not numbers: each must yield fill (or 0), never a bad read.
 EXTREME_FLOWS = (1e6, -1e6, 1e30, -1e30, float("nan"), float("inf"), float("-inf"))
 
@@ -38,7 +39,7 @@ def random_flow(batch, height, width, device, dtype=torch.float64, step=0.125, e
 
 
 def gray(x):
-    """(B, 3 or 1, H, W) -> (B, H, W) gray, written out from the SPEC."""
+    """(B, 3 or 1, H, W) -> (B, H, W) gray, written out from the weights above."""
     if x.shape[1] == 1:
         return x[:, 0]
     return GRAY_WEIGHTS[0] * x[:, 0] + GRAY_WEIGHTS[1] * x[:, 1] + GRAY_WEIGHTS[2] * x[:, 2]
@@ -230,14 +231,16 @@ def test_low_precision_matches_reference(device, dtype, kernel_size):
         torch.testing.assert_close(a.double(), e, atol=tol, rtol=tol, msg=name)
 
 
-def test_compiles_without_graph_breaks(device):
+@pytest.mark.parametrize("output", [{}, {"out_dtype": torch.bfloat16, "channels_last": True}],
+                         ids=["default", "bf16_cl"])
+def test_compiles_without_graph_breaks(device, output):
     backend = "inductor" if device == "cuda" else "eager"
     image = (torch.rand(1, 3, 5, 7, device=device) * 2 - 1).requires_grad_()
     fill = torch.rand(1, 3, 5, 7, device=device) * 2 - 1
     flow = random_flow(1, 5, 7, device, torch.float32)
 
     def step(image, flow, fill):
-        return (pixel_volume(image, flow, fill, 3) * 2).square().sum()
+        return (pixel_volume(image, flow, fill, 3, **output).float() * 2).square().sum()
 
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     loss = compiled(image, flow, fill)
@@ -298,3 +301,107 @@ def test_low_precision_coordinates_beyond_256_pixels(device, dtype):
     expected[..., 1:-1, 1:-1] = image[..., 1:-1, 1:-1]
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     torch.testing.assert_close(reference.pixel_volume(image, flow, fill, kernel_size=1), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("image_channels", [3, 1])
+def test_gray_computed_once_is_bit_identical_to_reference(device, dtype, image_channels):
+    """The RGB image's gray plane is computed once per pixel (not once per candidate) in the same float32
+    operations as the reference and rounded once to the output dtype to nearest even, as PyTorch casts: the
+    volume matches the reference bit for bit."""
+    batch, height, width, kernel_size = 2, 9, 11, 5
+    image = (torch.rand(batch, image_channels, height, width, device=device) * 2 - 1).to(dtype)
+    fill = (torch.rand(batch, 3, height, width, device=device) * 2 - 1).to(dtype)
+    flow = random_flow(batch, height, width, device, dtype, step=0.5, extreme_fraction=0.05)
+    out = pixel_volume(image, flow, fill, kernel_size)
+    expected = reference.pixel_volume(image, flow, fill, kernel_size)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    # Not vacuous: many candidates come from the image, and its gray is not exact in float32.
+    gray_image = reference.to_gray(image.float())
+    assert torch.isin(out, gray_image.to(dtype)).float().mean() > 0.25
+    assert not torch.equal(gray_image.double(), reference.to_gray(image.double())) or image_channels == 1
+
+
+# (image dtype, out_dtype, channels_last): the autocast outputs PVDNet consumes, and the other combinations.
+OUTPUT_CASES = [
+    (torch.float32, torch.bfloat16, True),
+    (torch.float32, torch.float16, True),
+    (torch.float32, torch.bfloat16, False),
+    (torch.float32, None, True),
+    (torch.float32, torch.float64, False),
+    (torch.float64, torch.bfloat16, True),
+    (torch.float64, torch.float16, False),
+    (torch.bfloat16, torch.float32, True),
+]
+
+
+@pytest.mark.parametrize("dtype, out_dtype, channels_last", OUTPUT_CASES, ids=str)
+@pytest.mark.parametrize("image_channels", [3, 1])
+def test_out_dtype_and_channels_last_equal_the_cast(device, dtype, out_dtype, channels_last, image_channels):
+    """out_dtype / channels_last give bit for bit `volume.to(out_dtype).contiguous(channels_last)`, in the
+    same dtype and strides, on the Triton path and in the reference; gradients equal those of the cast."""
+    batch, height, width, kernel_size = 2, 6, 9, 5
+    image = (torch.rand(batch, image_channels, height, width, device=device) * 2 - 1).to(dtype)
+    fill = (torch.rand(batch, 3, height, width, device=device) * 2 - 1).to(dtype)
+    flow = random_flow(batch, height, width, device, dtype, step=0.5, extreme_fraction=0.1)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def cast(fn):
+        def volume(image, flow, fill, kernel_size):
+            out = fn(image, flow, fill, kernel_size)
+            return out.to(out_dtype or out.dtype).contiguous(memory_format=memory_format)
+        return volume
+
+    def direct(fn):
+        return lambda image, flow, fill, kernel_size: fn(image, flow, fill, kernel_size, out_dtype=out_dtype,
+                                                         channels_last=channels_last)
+
+    # grad_out in a third layout (neither NCHW nor channels_last) and another dtype than the output.
+    grad_out = torch.randn(batch, width, height, kernel_size ** 2, device=device).permute(0, 3, 2, 1)
+    for fn in (pixel_volume, reference.pixel_volume):
+        expected = forward_and_grads(cast(fn), image, flow, fill, kernel_size, grad_out)
+        actual = forward_and_grads(direct(fn), image, flow, fill, kernel_size, grad_out)
+        assert actual[0].dtype == (out_dtype or dtype) and actual[0].stride() == expected[0].stride()
+        assert actual[0].is_contiguous(memory_format=memory_format)
+        for name, a, e in zip(("out", "grad_image", "grad_fill"), actual, expected):
+            assert a.dtype == e.dtype and torch.equal(a, e), name
+    # The cast is not the identity here: the direct output really went through the requested rounding.
+    if out_dtype in (torch.bfloat16, torch.float16) and dtype != out_dtype:
+        assert not torch.equal(actual[0].to(dtype), pixel_volume(image, flow, fill, kernel_size))
+
+
+def test_out_dtype_gradcheck(device):
+    """Gradients through a float64 volume emitted channels_last (the layout the network's backward returns)."""
+    image = (torch.rand(1, 3, 4, 5, dtype=torch.float64, device=device) * 2 - 1).requires_grad_()
+    fill = (torch.rand(1, 3, 4, 5, dtype=torch.float64, device=device) * 2 - 1).requires_grad_()
+    flow = random_flow(1, 4, 5, device, extreme_fraction=0.1)
+    assert torch.autograd.gradcheck(lambda i, f: pixel_volume(i, flow, f, 3, out_dtype=torch.float64,
+                                                              channels_last=True), (image, fill), fast_mode=True)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(out_dtype=torch.int32), "out_dtype must be None or one of"),
+    (dict(out_dtype="bf16"), "out_dtype must be None or one of"),
+    (dict(channels_last=1), "channels_last must be True or False"),
+])
+def test_invalid_output_keywords_raise(device, keywords, match):
+    with pytest.raises(ValueError, match=match):
+        pixel_volume(*_inputs(device), **keywords)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rgb_image_gradient_is_the_gray_gradient_times_each_weight(device, dtype):
+    """d out / d channel = weight x d out / d gray, multiplied in float32 and rounded once to the image dtype
+    (exactly what multiplying the float32 gray gradient by each weight in PyTorch and casting gives)."""
+    batch, height, width, kernel_size = 2, 7, 10, 5
+    flow = random_flow(batch, height, width, device, torch.float32, step=0.5, extreme_fraction=0.1)
+    fill = torch.rand(batch, 3, height, width, device=device) * 2 - 1
+    grad_out = torch.randn(batch, kernel_size ** 2, height, width, device=device).to(dtype).float()  # exact in dtype
+    gray_image = (torch.rand(batch, 1, height, width, device=device) * 2 - 1).requires_grad_()
+    grad_gray, = torch.autograd.grad(pixel_volume(gray_image, flow, fill, kernel_size), gray_image, grad_out)
+    image = (torch.rand(batch, 3, height, width, device=device) * 2 - 1).to(dtype).requires_grad_()
+    grad_image, = torch.autograd.grad(pixel_volume(image, flow.to(dtype), fill.to(dtype), kernel_size), image,
+                                      grad_out.to(dtype))
+    expected = torch.cat([grad_gray * weight for weight in GRAY_WEIGHTS], dim=1).to(dtype)
+    assert grad_image.dtype == dtype and torch.count_nonzero(expected) > 0
+    assert torch.equal(grad_image, expected)

@@ -75,3 +75,27 @@ def test_resume_rejects_other_stage(tmp_path):
     config = _config(root, tmp_path / "run", 4, "run.stage='bimnet'", "data.clip_frames=2", "run.resume='auto'")
     with pytest.raises(ValueError, match="stage 'pvdnet'"):
         train(config)
+
+
+def test_resume_from_an_earlier_checkpoint_logs_each_step_once(tmp_path):
+    """A run killed after its last checkpoint has logged steps beyond it: resuming drops those rows."""
+    from pvd.training.logs import read_scalars
+
+    root = make_clips(tmp_path / "data", videos=2, frames=STEPS_PER_CLIP + 2)
+    out_dir = tmp_path / "run"
+    train(_config(root, out_dir, 2 * STEPS_PER_CLIP, f"log.checkpoint_every={STEPS_PER_CLIP}", "log.keep_last=5"))
+    checkpoint = out_dir / "checkpoints" / f"step_{STEPS_PER_CLIP:09d}.pt"
+    assert checkpoint.is_file()
+    train(_config(root, out_dir, 2 * STEPS_PER_CLIP, f"run.resume='{checkpoint}'"))
+    keys = [(step, tag) for step, tag, _ in read_scalars(out_dir / "scalars.csv")]
+    assert len(keys) == len(set(keys)), "a step was logged twice"
+    assert {step for step, _ in keys} == {STEPS_PER_CLIP, 2 * STEPS_PER_CLIP}  # logged after each clip
+
+
+def test_first_and_last_steps_are_logged_when_every_exceeds_max_steps(tmp_path):
+    from pvd.training.logs import read_scalars
+
+    root = make_clips(tmp_path / "data", videos=2, frames=STEPS_PER_CLIP + 2)
+    train(_config(root, tmp_path / "run", 2 * STEPS_PER_CLIP, "log.every=1000"))
+    steps = {step for step, tag, _ in read_scalars(tmp_path / "run" / "scalars.csv") if tag == "train/loss"}
+    assert steps == {STEPS_PER_CLIP, 2 * STEPS_PER_CLIP}  # the first clip's steps, then the last

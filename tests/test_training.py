@@ -75,7 +75,7 @@ def test_config_file_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="run.max_steps"):
         load_config(None, ["run.max_steps='many'"])
     with pytest.raises(ValueError, match="run.stage"):
-        load_config(None, ["run.stage='joint'"])
+        load_config(None, ["run.stage='stage3'"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["optim.lr"])
     assert load_config(None, ['loss.flow_pairs=["ss", "bb"]']).loss.flow_pairs == ["ss", "bb"]
@@ -85,10 +85,12 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_paper_configs():
-    """The shipped configs parse and hold the paper's recipe (SPEC section 3)."""
-    for name in ("dvd", "gopro", "gopro_large"):
+    """The shipped configs parse and hold the paper's recipe (docs/semantics.md, training)."""
+    for name in ("dvd", "gopro", "gopro_large", "joint"):
         config = load_config(CONFIG_DIR / f"{name}.toml")
-        assert config.run.stage == "pvdnet" and config.run.max_steps == 600_000
+        assert config.run.stage == ("joint" if name == "joint" else "pvdnet") and config.run.max_steps == 600_000
+        # the original's defaults: fp32, cosine annealing with restarts (step decay the alternative)
+        assert config.run.precision == "fp32" and config.schedule.kind == "cosine_restarts"
         assert (config.data.crop, config.data.clip_frames, config.data.batch_size) == (256, 15, 8)
         assert (config.data.noise_sigma, config.data.noise_probability) == (1e-4, 0.5)
         assert (config.optim.lr, config.optim.betas, config.optim.weight_decay, config.optim.grad_clip) == \
@@ -99,6 +101,7 @@ def test_paper_configs():
         assert config.model.large == (name == "gopro_large")
     assert load_config(CONFIG_DIR / "dvd.toml").data.layout == "dvd"
     assert load_config(CONFIG_DIR / "bimnet.toml").run.stage == "bimnet"
+    assert load_config(CONFIG_DIR / "joint.toml").model.bimnet_weights == ""  # BIMNet from Xavier init
     synth = load_config(CONFIG_DIR / "bimnet_synth.toml")  # the demo BIMNet's recipe (weights/README.md)
     assert synth.run.stage == "bimnet" and synth.loss.flow_epe_weight > 0 and synth.loss.flow_epe_multiscale
     assert load_config(CONFIG_DIR / "cpu_small.toml").run.device == "cpu"
@@ -370,6 +373,33 @@ def test_stage1_learns_on_fixed_batch(clips_root, tmp_path):
     after = loss_now()
     assert trainer.step == 3 and "epe" in records[0] and "warp_ss" in records[0]
     assert after < 0.9 * before, (before, after)
+
+
+def test_joint_stage_trains_both_networks_with_one_clip(clips_root, tmp_path):
+    """The original's stage 1: both networks from Xavier init, image MSE + blur-invariant loss, one clip."""
+    config = small_config(clips_root, tmp_path, "joint", "data.clip_frames=4", "optim.lr=1e-3",
+                          "optim.grad_clip=0.5")
+    torch.manual_seed(0)
+    trainer = stages.build_trainer(config, torch.device("cpu"))
+    assert {id(p) for p in trainer.optimizer.param_groups[0]["params"]} == \
+        {id(p) for p in trainer.model.parameters()}  # one optimizer (and one clip) over BIMNet and PVDNet
+    convs = [m for m in trainer.model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in convs if m.bias is not None)  # Xavier init
+    batch = _fixed_batch(clips_root, clip_frames=4, context=1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    blurry, sharp = batch["blurry"], batch["sharp"]
+    with torch.no_grad():  # the first step's loss, by its definition
+        out = pipeline.deblur_step(trainer.model, blurry[:, 0], blurry[:, 1], blurry[:, 2], blurry[:, 0])
+        flow_loss, _ = training_losses.blur_invariant_loss(trainer.model.bimnet, blurry[:, 0], blurry[:, 1],
+                                                           sharp[:, 0], sharp[:, 1])
+        expected = F.mse_loss(out, sharp[:, 1]) + flow_loss
+    records = trainer.train_clip(batch)
+    assert len(records) == 2 and trainer.step == 2  # one optimizer step per recurrent step
+    assert records[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert records[0]["loss"] == pytest.approx(records[0]["image"] + records[0]["flow"], rel=1e-5)
+    assert records[0]["grad_norm"] > 0
+    changed = {k.split(".")[0] for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"bimnet", "pvdnet"}
 
 
 # ---- the command line ----------------------------------------------------------------------------------

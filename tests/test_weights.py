@@ -280,3 +280,36 @@ def test_saved_files_get_default_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "bimnet.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "synth").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_at_load_and_convert(tmp_path, bad_value):
+    """NaN/inf weights would deblur to black frames: refused (naming the tensor) wherever weights come in."""
+    model = PVDNet()
+    with torch.no_grad():
+        model.fuse.weight[0, 0, 0, 0] = bad_value
+    path = weights.save(model, tmp_path / "bad.safetensors")  # saving is allowed: training may want to inspect
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN/inf\) in 1 tensor.*fuse\.weight"):
+        weights.load(path)
+    with pytest.raises(ValueError, match="non-finite"):
+        weights.load_into(PVDNet(), path)
+    original = {f"module.{k}": torch.randn(v) for k, v in ORIGINAL["pvdnet"]["keys"].items()}
+    original[next(iter(original))][..., 0] = bad_value
+    torch.save(original, tmp_path / "PVDNet_bad.pytorch")
+    destination = tmp_path / "converted.safetensors"
+    with pytest.raises(ValueError, match="non-finite"):
+        weights.convert_original(tmp_path / "PVDNet_bad.pytorch", destination)
+    assert not destination.exists()
+
+
+def test_convert_refuses_pickles_without_advising_weights_only_false(tmp_path):
+    source = tmp_path / "evil.pytorch"
+    torch.save({"module.x": torch.zeros(1), "thing": object.__new__(PickledThing)}, source)
+    with pytest.raises(ValueError) as caught:
+        weights.convert_original(source, tmp_path / "out.safetensors")
+    message = str(caught.value)
+    assert "refuses to unpickle" in message and "weights_only" not in message and "\n" not in message
+
+
+class PickledThing:
+    """A class a checkpoint may not carry (torch.load(weights_only=True) refuses it)."""

@@ -10,7 +10,7 @@ from pvd.commands import add_model_options
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from pvd import metrics
-    from pvd.evaluate import GROUND_TRUTH_LAYOUTS
+    from pvd.evaluate import GROUND_TRUTH_LAYOUTS, PROTOCOLS
 
     parser = subparsers.add_parser(
         "eval", help="score a model on a data set with ground truth (PSNR/SSIM, plain and aligned)",
@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "default) or gaussian 11x11 sigma 1.5")
     parser.add_argument("--border", type=int, default=metrics.EVAL_BORDER,
                         help="border cropped by the aligned protocol, pixels (default %(default)s)")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default="default",
+                        help="paper: the conditions of the original Python evaluation behind the quoted figures "
+                             "(fp32, --size-policy original, uniform plain SSIM; overrides those options)")
     parser.add_argument("--zero-flow", action="store_true",
                         help="ablation: feed PVDNet pixel volumes built from a zero flow instead of BIMNet's")
     parser.add_argument("--save-frames", action="store_true",
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             large=args.large, device=args.device, precision=args.precision, size_policy=args.size_policy,
             layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
             limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
-            zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet,
+            zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet, protocol=args.protocol,
             save_frames=args.save_frames)
     except ValueError as error:
         print(f"pvd eval: error: {error}", file=sys.stderr)

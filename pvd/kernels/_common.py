@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
@@ -88,8 +87,12 @@ def check_correlation_args(f1, f2, max_displacement, stride) -> tuple[int, int]:
     return check_positive_int("max_displacement", max_displacement, minimum=0), check_positive_int("stride", stride)
 
 
-def check_pixel_volume_args(image, flow, fill, kernel_size) -> int:
+def check_pixel_volume_args(image, flow, fill, kernel_size, out_dtype=None, channels_last=False) -> int:
     """Validate the arguments of `pixel_volume`; returns kernel_size as an int."""
+    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"out_dtype must be None or one of float16, bfloat16, float32, float64, got {out_dtype!r}")
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
     check_tensor("image", image, 4, channels=(1, 3))
     check_tensor("flow", flow, 4, channels=2)
     check_tensor("fill", fill, 4, channels=(1, 3))
@@ -108,26 +111,6 @@ def tl_acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
-
-
-def pointer_type(dtype: torch.dtype) -> str:
-    """Triton signature string of a pointer to `dtype` elements, e.g. '*fp32'."""
-    return _POINTER_TYPES[dtype]
-
-
-@dataclass(frozen=True)
-class CompileSpec:
-    """One kernel launch configuration, for compiling ahead of time (`pvd.kernels.compile_check`).
-
-    signature maps each runtime argument to a Triton type ('*fp32', 'i32', ...); constexprs maps each
-    tl.constexpr argument to the value the launcher passes.
-    """
-
-    name: str
-    kernel: object
-    dtype: torch.dtype
-    signature: dict
-    constexprs: dict
-    num_warps: int
-    num_stages: int = 3
+def pixel_grid(batch: int, height: int, width: int, block: int) -> tuple[int, int]:
+    """Launch grid of a kernel with one program per `block` pixels of an (H, W) plane and one per batch item."""
+    return (-(-height * width // block), batch)

@@ -22,7 +22,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,
-                 kernel_size: int = DEFAULT_KERNEL_SIZE) -> torch.Tensor:
+                 kernel_size: int = DEFAULT_KERNEL_SIZE, *, out_dtype: torch.dtype | None = None,
+                 channels_last: bool = False) -> torch.Tensor:
     """`pvd.kernels.pixel_volume.pixel_volume` without Triton: validated, then `reference.pixel_volume`."""
-    kernel_size = check_pixel_volume_args(image, flow, fill, kernel_size)
-    return reference.pixel_volume(image, flow, fill, kernel_size)
+    kernel_size = check_pixel_volume_args(image, flow, fill, kernel_size, out_dtype, channels_last)
+    return reference.pixel_volume(image, flow, fill, kernel_size, out_dtype=out_dtype, channels_last=channels_last)

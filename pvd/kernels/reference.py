@@ -1,8 +1,7 @@
 """Pure-PyTorch twins of the Triton kernels.
 
 Vectorised, differentiable through autograd and exact in float64: they serve CPU tensors (outside the
-Triton interpreter) and are the oracle of the tests. Semantics: `shared/SPEC.md` §1, restated in each
-docstring. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate). As the
+Triton interpreter) and are the oracle of the tests. Each docstring states the exact semantics. Inputs are NCHW; no validation happens here (the public ops in `pvd.kernels` validate). As the
 kernels do, they compute in float32 (float64 for float64 inputs) and return the inputs' dtype: in float16 or
 bfloat16 a pixel coordinate above 256 or 2048 is not even representable.
 """
@@ -109,7 +108,8 @@ def _shift(plane: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., top:top + height, left:left + width]
 
 
-def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
+def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int = 5, *,
+                 out_dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
     """PVDNet pixel volume: the k*k gray candidates of `image` that the flows of each pixel's neighbours point to.
 
     image: previous deblurred frame, fill: current blurry frame, both (B, 3 or 1, H, W) in [-1, 1];
@@ -117,7 +117,8 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     [-h, h]^2 (h = k // 2; i along x, j along y) channel (i+h)*k + (j+h) holds, with q = (y - j, x - i):
     0 if q is outside the image; else with X0 = trunc(q.x + flow_x[q]) + i, Y0 = trunc(q.y + flow_y[q]) + j:
     gray(fill)[p] if X0 < 1 or X0 > W-2 or Y0 < 1 or Y0 > H-2 or the flow at q is not finite,
-    gray(image)[Y0, X0] otherwise. Differentiable w.r.t. image and fill, not flow.
+    gray(image)[Y0, X0] otherwise. Differentiable w.r.t. image and fill, not flow. The result is in image's
+    dtype, then cast to out_dtype (if given) and made channels_last (if asked).
     """
     _, _, height, width = flow.shape
     half = kernel_size // 2
@@ -144,4 +145,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
             use_candidate = _shift(valid.unsqueeze(1).to(gray_fill.dtype), j, i)
             q_inside = _shift(inside_image, j, i)
             planes.append(torch.where(use_candidate > 0, candidate, torch.where(q_inside > 0, gray_fill, 0.0)))
-    return torch.cat(planes, dim=1).to(dtype)
+    volume = torch.cat(planes, dim=1).to(dtype)
+    if out_dtype is not None:
+        volume = volume.to(out_dtype)
+    return volume.contiguous(memory_format=torch.channels_last) if channels_last else volume

@@ -15,16 +15,22 @@ from torch.library import triton_op, wrap_triton
 
 from . import reference
 from ._common import (
-    CompileSpec,
     acc_dtype,
     check_warp_args,
-    pointer_type,
+    pixel_grid,
     tl_acc_dtype,
     use_triton,
 )
 
 BLOCK_PIXELS = 256
 NUM_WARPS = 4
+# The backward runs one pixel per thread (BLOCK_PIXELS == 32 * BACKWARD_WARPS). With more pixels than threads
+# Triton vectorises the unit-stride loads (grad_out, flow) two per thread but keeps the gathered atomics at one
+# per thread, and converts between those layouts through shared memory inside the channel loop (16 block-wide
+# barriers per channel at sm_90a, 111 registers). One pixel per thread gives every load, atomic and the
+# grad_flow accumulator the same layout: no conversion, no barrier in the loop, 40 registers (fp32, sm_90a).
+WARP_SIZE = 32
+BACKWARD_WARPS = BLOCK_PIXELS // WARP_SIZE
 
 
 @triton.jit
@@ -112,7 +118,12 @@ def _warp_backward_kernel(
     stride_gb, stride_gc, stride_gh, stride_gw,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC)."""
+    """grad_x (accumulated with atomics into a contiguous ACC buffer) and grad_flow (contiguous, ACC).
+
+    Launch with BLOCK == 32 * num_warps (one pixel per thread; see BACKWARD_WARPS). Taps, weights and masks
+    are set up once; the channel loop loads grad_out and the four taps and scatters four atomics into grad_x;
+    each pixel owns its flow gradient, accumulated in registers and stored once after the loop.
+    """
     pid_pixels = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     offs = pid_pixels * BLOCK + tl.arange(0, BLOCK)
@@ -150,17 +161,11 @@ def _warp_backward_kernel(
     tl.store(grad_flow_base + H * W, grad_fy, mask=in_range)
 
 
-
-
-def _grid(batch: int, height: int, width: int):
-    return (triton.cdiv(height * width, BLOCK_PIXELS), batch)
-
-
 @triton_op("pvd::warp", mutates_args={})
 def _warp_op(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     out = torch.empty((batch, channels, height, width), device=x.device, dtype=x.dtype)
-    wrap_triton(_warp_forward_kernel)[_grid(batch, height, width)](
+    wrap_triton(_warp_forward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         x, flow, out, channels, height, width, *x.stride(), *flow.stride(),
         ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     return out
@@ -172,10 +177,10 @@ def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tenso
     acc = acc_dtype(x.dtype)
     grad_x = torch.zeros((batch, channels, height, width), device=x.device, dtype=acc)
     grad_flow = torch.empty((batch, 2, height, width), device=x.device, dtype=acc)
-    wrap_triton(_warp_backward_kernel)[_grid(batch, height, width)](
+    wrap_triton(_warp_backward_kernel)[pixel_grid(batch, height, width, BLOCK_PIXELS)](
         x, flow, grad_out, grad_x, grad_flow, channels, height, width,
         *x.stride(), *flow.stride(), *grad_out.stride(),
-        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
+        ACC=tl_acc_dtype(x.dtype), BLOCK=BLOCK_PIXELS, num_warps=BACKWARD_WARPS)
     return grad_x.to(x.dtype), grad_flow.to(flow.dtype)
 
 
@@ -214,24 +219,3 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     if use_triton(x):
         return _warp_op(x, flow)
     return reference.warp(x, flow)
-
-
-def compile_specs() -> list[CompileSpec]:
-    """Every kernel/launch configuration this module can launch, for the ahead-of-time compile check."""
-    specs = []
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        ptr = pointer_type(dtype)
-        acc_ptr = pointer_type(acc_dtype(dtype))
-        consts = {"ACC": tl_acc_dtype(dtype), "BLOCK": BLOCK_PIXELS}
-        strides = {f"stride_{t}{d}": "i32" for t in "xf" for d in "bchw"}
-        specs.append(CompileSpec(
-            "warp_forward", _warp_forward_kernel, dtype,
-            {"x_ptr": ptr, "flow_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32", **strides},
-            consts, NUM_WARPS))
-        grad_strides = {f"stride_g{d}": "i32" for d in "bchw"}
-        specs.append(CompileSpec(
-            "warp_backward", _warp_backward_kernel, dtype,
-            {"x_ptr": ptr, "flow_ptr": ptr, "grad_out_ptr": ptr, "grad_x_ptr": acc_ptr, "grad_flow_ptr": acc_ptr,
-             "C": "i32", "H": "i32", "W": "i32", **strides, **grad_strides},
-            consts, NUM_WARPS))
-    return specs

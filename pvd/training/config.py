@@ -2,7 +2,7 @@
 
 A config file has the sections below (every key optional; unknown keys are errors):
 
-    [run]       stage ("bimnet" = stage 1, "pvdnet" = stage 2), out_dir, max_steps (optimizer steps), seed,
+    [run]       stage ("bimnet" = stage 1 alone, "pvdnet" = stage 2, "joint" = the original's joint stage 1), out_dir, max_steps (optimizer steps), seed,
                 device, precision, compile, deterministic, resume
     [model]     large, bimnet_weights, init_weights, init_gain
     [data]      root, layout, blurry_folder, val_root, crop, clip_frames, stride, batch_size (global, over all
@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-STAGES = ("bimnet", "pvdnet")
+STAGES = ("bimnet", "pvdnet", "joint")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("step", "cosine_restarts", "constant")
 LAYOUTS = ("", "dvd", "gopro", "frames")
@@ -45,7 +45,7 @@ class RunConfig:
     max_steps: int = 600_000  # optimizer steps (stage 2: 13 per 15-frame clip)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    precision: str = "fp32"  # "fp32" (as the original) | "bf16" (autocast, CUDA) | "auto" (bf16 on CUDA, else fp32)
     compile: bool = False  # torch.compile the trained network
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
     resume: str = ""  # "" | "auto" (latest checkpoint in out_dir) | path of a training checkpoint
@@ -85,7 +85,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "step"  # the original config_PVDNet.py forces LRS = "LD" (step decay)
+    kind: str = "cosine_restarts"  # the original's default (-LRS CA); "step" = its -LRS LD (x0.25 at 400k)
     decay_steps: list = field(default_factory=lambda: [400_000])
     decay_rate: float = 0.25
     periods: list = field(default_factory=lambda: [50_000, 100_000, 150_000, 150_000, 150_000])

@@ -22,9 +22,13 @@ class ScalarLog:
     """Appends (step, tag, value) rows to `<out_dir>/scalars.csv`; mirrors them to TensorBoard if asked and
     installed (`<out_dir>/tensorboard`). Use on one process (rank 0) only."""
 
-    def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = True, keep_until_step: int | None = None):
+        """keep_until_step: a run resumed from the checkpoint of that step drops the rows logged after it
+        (a run killed after its last checkpoint logged them), so no step appears twice."""
         self.path = Path(out_dir) / SCALARS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_until_step is not None and self.path.exists():
+            _truncate_after(self.path, keep_until_step)
         new_file = not self.path.exists()
         self._file = self.path.open("a", newline="")
         self._csv = csv.writer(self._file)
@@ -50,6 +54,24 @@ class ScalarLog:
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Rewrite the scalars CSV at `path` (atomically) without its rows of steps after `step`."""
+    with path.open(newline="") as file:
+        rows = [row for row in csv.reader(file)]
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= step]
+    if len(kept) == len(rows):
+        return
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            csv.writer(file).writerows(kept)
+        default_permissions(temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
 
 
 def read_scalars(path: str | os.PathLike) -> list[tuple[int, str, float]]:

@@ -224,7 +224,7 @@ def _run(config: TrainConfig, trainer: Trainer, dataset, sampler: ResumableSampl
     if processes.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        scalars = ScalarLog(out_dir, tensorboard=log.tensorboard)
+        scalars = ScalarLog(out_dir, tensorboard=log.tensorboard, keep_until_step=trainer.step if resumed else None)
     result = TrainResult(trainer.step, out_dir, trainer.model)
     progress = tqdm(total=run.max_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
                     disable=not (processes.is_main and log.progress), desc=f"train {trainer.stage}")
@@ -249,10 +249,13 @@ def _run(config: TrainConfig, trainer: Trainer, dataset, sampler: ResumableSampl
                     progress.set_postfix(loss=f"{np.mean([r['loss'] for r in records]):.4g}",
                                          lr=f"{records[-1]['lr']:.3g}", steps_per_s=f"{rate:.3g}")
                     progress.update(len(records))
-                if scalars is not None and _crossed(before, trainer.step, log.every):
+                # every log.every steps, and always the first and the last step (even when every > max_steps)
+                log_now = pending and (_crossed(before, trainer.step, log.every) or before == 0
+                                       or trainer.step >= run.max_steps)
+                if scalars is not None and log_now:
                     scalars.write(trainer.step, {f"train/{name}": np.mean([r[name] for r in pending])
                                                  for name in pending[0]})
-                if _crossed(before, trainer.step, log.every):
+                if log_now:
                     pending.clear()
                 if _crossed(before, trainer.step, log.checkpoint_every):
                     result.checkpoint = _save(config, trainer, epoch, batches_done, processes, checkpoint_dir)

@@ -115,7 +115,8 @@ def blur_invariant_loss(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Te
     `epe_weight`) and "epe_zero_flow" (the baseline: mean |gt_flow|). With `multiscale` (and `gt_flow`) the
     added term is instead the multi-scale EPE over every decoder level ("epe_levels"); "epe" stays the output
     flow's. `pairs` restricts the loss to a subset of the four pairings, e.g. ("ss",) for supervised flow
-    pre-training on sharp frames (the original BIMNet started from a LiteFlowNet pre-trained that way).
+    pre-training on sharp frames (a pvd recipe for synthetic data with ground-truth flow; the original trains
+    BIMNet from Xavier init, jointly with PVDNet, on all four pairings).
     All parts are detached.
     """
     level_flows = None

@@ -1,10 +1,10 @@
 """Learning-rate schedules of PVDNet's training, as `LambdaLR` factors of the step (optimizer steps taken).
 
-- "step" (the original `LR_decay`, forced by `config_PVDNet.py`): lr * rate ** (number of decay steps <= step);
-  the paper setting is x0.25 at 400k.
-- "cosine_restarts" (the original `CosineAnnealingLR_Restart`, README's `-LRS CA`): consecutive cosine
-  periods (50k, 100k, 150k, 150k, 150k), each restarting at the base lr and annealing to eta_min;
+- "cosine_restarts" (the default, as the original's command-line default `-LRS CA`): consecutive cosine
+  periods (50k, 100k, 150k, 150k, 150k), each restarting at the base lr and annealing to eta_min (1e-7);
   after the last period the lr stays at eta_min.
+- "step" (the original's alternative `-LRS LD`): lr * rate ** (number of decay steps <= step); its setting
+  is x0.25 at 400k.
 - "constant".
 The factors are small picklable callables, so the scheduler's state_dict round-trips through checkpoints.
 """

@@ -281,7 +281,64 @@ class PVDNetTrainer(Trainer):
         return {"val/psnr": float(torch.stack(psnrs).mean())}, panels
 
 
-TRAINERS = {cls.stage: cls for cls in (BIMNetTrainer, PVDNetTrainer)}
+class JointObjective(nn.Module):
+    """One recurrent step of joint training as a module (so DistributedDataParallel sees both networks):
+    returns (output, image loss, blur-invariant loss, its detached parts)."""
+
+    def __init__(self, model: DeblurNet, autocast_dtype: torch.dtype | None):
+        super().__init__()
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, prev, curr, next_, deblurred_prev, sharp_prev, sharp_curr):
+        out = pipeline.deblur_step(self.model, prev, curr, next_, deblurred_prev, autocast_dtype=self.autocast_dtype)
+        flow_loss, parts = blur_invariant_loss(self.model.bimnet, prev, curr, sharp_prev, sharp_curr)
+        return out, deblur_loss(out, sharp_curr), flow_loss, parts
+
+
+class JointTrainer(PVDNetTrainer):
+    """The original's stage 1: BIMNet and PVDNet trained together from Xavier init (`model.init_gain`).
+
+    Each recurrent step of a clip (as stage 2) takes one optimizer step on
+    MSE(output, S_t) + the mean of the four blur-invariant warp terms of the (t-1, t) pair, with one
+    gradient-norm clip over the parameters of both networks. The pixel volume passes no gradient to the flow,
+    so BIMNet learns from the blur-invariant terms only; they run in fp32 (PVDNet under the run's autocast).
+    """
+
+    stage = "joint"
+
+    def _build(self):
+        model_config = self.config.model
+        model = DeblurNet(BIMNet(), PVDNetLarge() if model_config.large else PVDNet())
+        if model_config.init_weights:
+            network = load_network(model_config.init_weights)
+            if not isinstance(network, DeblurNet) or isinstance(network.pvdnet, PVDNetLarge) != model_config.large:
+                raise ValueError(f"{model_config.init_weights}: stage 'joint' starts from a full model "
+                                 f"(BIMNet + {'PVDNetLarge' if model_config.large else 'PVDNet'}), "
+                                 f"got a {type(network).__name__}")
+            model.load_state_dict(network.state_dict())
+        else:
+            xavier_init(model, model_config.init_gain)
+        return model, JointObjective(model, autocast_dtype(self.config.run.precision, self.device))
+
+    def train_clip(self, batch, max_steps=None):
+        blurry, sharp = self._frames(batch, "blurry"), self._frames(batch, "sharp")
+        self.trained.train()
+        deblurred_prev = blurry[:, 0]
+        records = []
+        for t in range(1, blurry.shape[1] - 1):
+            if max_steps is not None and self.step >= max_steps:
+                break
+            out, image_loss, flow_loss, parts = self.net(blurry[:, t - 1], blurry[:, t], blurry[:, t + 1],
+                                                         deblurred_prev, sharp[:, t - 1], sharp[:, t])
+            record = self._optimizer_step(image_loss + flow_loss)
+            record.update({"image": float(image_loss.detach()), **{name: float(v) for name, v in parts.items()}})
+            records.append(record)
+            deblurred_prev = out.detach()
+        return records
+
+
+TRAINERS = {cls.stage: cls for cls in (BIMNetTrainer, PVDNetTrainer, JointTrainer)}
 
 
 def build_trainer(config: TrainConfig, device: torch.device, distributed: bool = False) -> Trainer:

@@ -27,6 +27,12 @@ Eager configurations run before compiled ones; with `--time-limit` a configurati
 left for it (bench/_budget.py). Rows are appended to bench/results/e2e.csv, each as soon as it is measured,
 with the device and library versions (bench/_env.py). `--dry-run` (bench/gpu_check.py): 32x32, 1 frame, no
 warm-up, every model, on CPU fp32 eager only (bf16 autocast and torch.compile need CUDA).
+
+    python bench/e2e.py tiling [--calibrate] [--peak 3840x2160 [--tile auto]] [--psnr]
+
+Tiled inference on the CPU (`tiling_main`): the memory model's bytes per pixel, the peak resident memory of a
+process running one 4K step with `--tile auto`, and the demo clip at 720p tiled vs untiled
+(bench/results/tiling.csv).
 """
 
 from __future__ import annotations
@@ -332,5 +338,213 @@ def _row(name, precision, compile_, result, reference_outputs, sharp, clip, weig
     }
 
 
+# ---------------------------------------------------------------------------------------------- tiling (issue 14)
+
+TILING_CSV = Path(__file__).resolve().parent / "results" / "tiling.csv"
+TILING_TARGET_PEAK_GIB = 4.0  # peak memory of a 3840x2160 step with --tile auto
+TILING_TARGET_PSNR_DB = 0.05  # |PSNR(tiled) - PSNR(untiled)| on the demo clip at 720p
+TILING_COLUMNS = ("measure", "size", "tile", "plan_tile", "overlap", "flow_pixels", "frames", "bytes_per_pixel",
+                  "peak_rss_mib", "estimated_mib", "psnr_untiled_db", "psnr_tiled_db", "psnr_diff_db",
+                  "psnr_tiled_vs_untiled_db", "max_abs_diff_u8", "seconds", "seconds_untiled")
+
+
+def _status_bytes(key: str) -> int:
+    """A line of /proc/self/status in bytes (VmHWM: peak resident memory, VmRSS: current)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _tiling_child(args) -> int:
+    """Run in a fresh process: one recurrent step of the streaming runner, print the process's peak RSS.
+
+    `calibrate-bimnet` / `calibrate-pvdnet`: the growth of the peak over the loaded model for one network call.
+    `step`: `VideoDeblurrer(tile=...)` on uint8 frames, as `pvd deblur` runs it.
+    """
+    import json
+
+    import numpy as np
+
+    from pvd import kernels
+    from pvd.nets.step import estimate_flow
+    from pvd.stream import VideoDeblurrer
+    from pvd.weights import load_model
+
+    torch.set_num_threads(args.threads)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    model = load_model(args.weights, device="cpu")
+    result = {}
+    with torch.inference_mode():
+        if args.child.startswith("calibrate"):
+            frames = [torch.rand(1, 3, height, width) * 2 - 1 for _ in range(4)]
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset VmHWM to the current RSS
+            base = _status_bytes("VmRSS:")
+            if args.child == "calibrate-bimnet":
+                estimate_flow(model.bimnet, frames[1], frames[0])
+            else:
+                volume = kernels.pixel_volume(frames[3], torch.zeros(1, 2, height, width), frames[1], kernel_size=5)
+                model.pvdnet(volume, frames[0], frames[1], frames[2])
+            result["growth_bytes"] = _status_bytes("VmHWM:") - base
+        else:
+            deblurrer = VideoDeblurrer(model, device="cpu", tile=None if args.tile == "none" else args.tile,
+                                       tile_overlap=args.overlap)
+            rng = np.random.default_rng(0)
+            frames = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(2)]
+            calls = _stop_after(model.pvdnet, args.max_tiles)
+            start = time.perf_counter()
+            deblurrer.push(frames[0])
+            try:
+                out = deblurrer.push(frames[1])
+                assert out.shape == frames[0].shape
+            except _EnoughTiles:
+                pass
+            result["seconds"] = time.perf_counter() - start
+            result["tiles_run"] = calls["count"]
+            step = deblurrer.step_function
+            plan = next(iter(step.plans.values())) if step is not None else None
+            result.update(tile=plan.tile if plan else None, flow_pixels=plan.flow_pixels if plan else None,
+                          estimated_bytes=plan.estimated_bytes if plan else None)
+    result["peak_rss_bytes"] = _status_bytes("VmHWM:")
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+class _EnoughTiles(Exception):
+    """Raised by `_stop_after` to end a step early."""
+
+
+def _stop_after(pvdnet, max_calls: int | None) -> dict:
+    """Count PVDNet's calls (tiles); with max_calls, end the step after that many (the CPU is slow at 4K)."""
+    calls = {"count": 0}
+    forward = pvdnet.forward
+
+    def counted(*inputs):
+        if max_calls is not None and calls["count"] >= max_calls:
+            raise _EnoughTiles
+        calls["count"] += 1
+        return forward(*inputs)
+
+    pvdnet.forward = counted
+    return calls
+
+
+def _run_child(argv: list[str]) -> dict:
+    import json
+    import subprocess
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, __file__, "tiling", *argv], capture_output=True, text=True, env=env,
+                          check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"child {argv} failed: {done.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _demo_clip_psnr(args) -> list[dict]:
+    """The demo clip (the bundled photograph, camera-shake blur) at --psnr-size: PSNR against the sharp frames of
+    the untiled and the tiled outputs, and of the tiled against the untiled output."""
+    from pvd import demo
+    from pvd.stream import VideoDeblurrer, deblur_frames
+    from pvd.weights import load_model
+
+    width, height = (int(v) for v in args.psnr_size.lower().split("x"))
+    blurry, sharp, _ = demo.render_clip(demo.demo_settings(args.psnr_frames, (height, width)), demo.DEFAULT_SEED)
+    model = load_model(args.weights, device="cpu")
+
+    def psnr_u8(a, b) -> float:
+        mse = float(((a.astype("float64") - b.astype("float64")) ** 2).mean())
+        return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+    start = time.perf_counter()
+    untiled = list(deblur_frames(model, blurry, device="cpu"))
+    untiled_s = time.perf_counter() - start
+    rows = []
+    for tile in args.psnr_tiles.split(","):
+        deblurrer = VideoDeblurrer(model, device="cpu", tile=tile, tile_overlap=args.overlap)
+        start = time.perf_counter()
+        tiled = list(deblurrer.run(blurry))
+        seconds = time.perf_counter() - start
+        plan = next(iter(deblurrer.step_function.plans.values()))
+        pairs = list(zip(tiled, untiled))
+        psnr_untiled = statistics.mean(psnr_u8(o, s) for o, s in zip(untiled, sharp))
+        psnr_tiled = statistics.mean(psnr_u8(o, s) for o, s in zip(tiled, sharp))
+        rows.append({"measure": "psnr_demo_clip", "size": f"{width}x{height}", "tile": tile,
+                     "plan_tile": plan.tile or "whole", "overlap": plan.overlap, "frames": len(tiled),
+                     "psnr_untiled_db": round(psnr_untiled, 4), "psnr_tiled_db": round(psnr_tiled, 4),
+                     "psnr_diff_db": round(psnr_tiled - psnr_untiled, 4),
+                     "psnr_tiled_vs_untiled_db": round(statistics.mean(psnr_u8(a, b) for a, b in pairs), 2),
+                     "max_abs_diff_u8": int(max(abs(a.astype(int) - b.astype(int)).max() for a, b in pairs)),
+                     "seconds": round(seconds, 1), "seconds_untiled": round(untiled_s, 1)})
+        print(f"demo clip {width}x{height}, tile {tile} (plan {plan.tile}): PSNR untiled {psnr_untiled:.4f} dB, tiled "
+              f"{psnr_tiled:.4f} dB, difference {psnr_tiled - psnr_untiled:+.4f} dB (target |d| < "
+              f"{TILING_TARGET_PSNR_DB}); tiled vs untiled {rows[-1]['psnr_tiled_vs_untiled_db']} dB")
+    return rows
+
+
+def tiling_main(argv: list[str] | None = None) -> int:
+    """`python bench/e2e.py tiling [--calibrate] [--peak 3840x2160] [--psnr]`: tiled inference on the CPU.
+
+    --calibrate: bytes per pixel of BIMNet and of pixel volume + PVDNet (peak-RSS growth at 256^2 and 512^2);
+    --peak SIZE: peak resident memory of a process running one step with --tile (default auto) at SIZE;
+    --psnr: the demo clip at --psnr-size, untiled and with each of --psnr-tiles. Rows go to bench/results/tiling.csv.
+    """
+    parser = argparse.ArgumentParser(prog="e2e.py tiling", description=tiling_main.__doc__.split("\n\n")[0])
+    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--peak", default=None, metavar="WxH")
+    parser.add_argument("--psnr", action="store_true")
+    parser.add_argument("--psnr-size", default="1280x720")
+    parser.add_argument("--psnr-frames", type=int, default=3)
+    parser.add_argument("--psnr-tiles", default="512,auto")
+    parser.add_argument("--tile", default="auto")
+    parser.add_argument("--overlap", type=int, default=None)
+    parser.add_argument("--max-tiles", type=int, default=None,
+                        help="--peak: end the step after this many tiles (all tiles have one size; the CPU is slow)")
+    parser.add_argument("--weights", default=None, help="default: the bundled demo weights")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--csv", default=str(TILING_CSV))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ["TRITON_INTERPRET"] = "0"
+    if args.child:
+        return _tiling_child(args)
+    env = describe_environment()
+    print_banner(env)
+    common = ["--threads", str(args.threads)] + (["--weights", args.weights] if args.weights else [])
+    rows = []
+    if args.calibrate:
+        for network in ("bimnet", "pvdnet"):
+            growth = {side: _run_child(["--child", f"calibrate-{network}", "--size", f"{side}x{side}", *common])
+                      ["growth_bytes"] for side in (256, 512)}
+            slope = (growth[512] - growth[256]) / (512**2 - 256**2)
+            rows.append({"measure": f"bytes_per_pixel_{network}", "size": "256x256..512x512",
+                         "bytes_per_pixel": round(slope)})
+            print(f"{network}: {slope:.0f} bytes per pixel (peak RSS growth {growth[256] / 2**20:.0f} MiB at 256^2, "
+                  f"{growth[512] / 2**20:.0f} MiB at 512^2)")
+    if args.peak:
+        overlap = [] if args.overlap is None else ["--overlap", str(args.overlap)]
+        limit = [] if args.max_tiles is None else ["--max-tiles", str(args.max_tiles)]
+        result = _run_child(["--child", "step", "--size", args.peak, "--tile", args.tile, *overlap, *limit, *common])
+        peak_gib = result["peak_rss_bytes"] / 2**30
+        rows.append({"measure": "peak_rss_one_step", "size": args.peak, "tile": args.tile,
+                     "plan_tile": result["tile"] or "whole", "flow_pixels": result["flow_pixels"] or "",
+                     "peak_rss_mib": round(result["peak_rss_bytes"] / 2**20),
+                     "estimated_mib": round(result["estimated_bytes"] / 2**20) if result["estimated_bytes"] else "",
+                     "frames": f"1 step, {result['tiles_run']} tiles", "seconds": round(result["seconds"], 1)})
+        print(f"{args.peak}, --tile {args.tile} (plan: tile {result['tile']}, BIMNet <= {result['flow_pixels']} px): "
+              f"peak RSS of the whole process {peak_gib:.2f} GiB (target < {TILING_TARGET_PEAK_GIB} GiB), "
+              f"{result['seconds']:.0f} s for one step ({result['tiles_run']} tiles run)")
+    if args.psnr:
+        rows += _demo_clip_psnr(args)
+    if rows:
+        append_rows(args.csv, [{**dict.fromkeys(TILING_COLUMNS, ""), **row, **env_columns(env)} for row in rows])
+        print(f"appended {len(rows)} row(s) to {args.csv}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(tiling_main(sys.argv[2:]) if sys.argv[1:2] == ["tiling"] else main())

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import io
 import itertools
 import json
 import math
@@ -43,8 +44,8 @@ import torch
 
 import pvd
 
-from . import metrics
-from ._files import atomic_file
+from . import metrics, sharding
+from ._files import atomic_file, make_folder
 from .data import datasets
 from .frames import to_unit
 from .nets import ZeroFlowModel
@@ -164,7 +165,7 @@ def markdown_summary(summary: dict) -> str:
 
 
 def _score_video(recurrence: Recurrence, video: datasets.VideoFrames, limit_frames: int | None,
-                 device: torch.device, score_options: dict, progress: bool) -> Iterable[dict]:
+                 device: torch.device, score_options: dict, progress: bool, frame_sink=None) -> Iterable[dict]:
     """Deblur one video and yield a score row per frame, in order."""
     from tqdm import tqdm
 
@@ -188,6 +189,8 @@ def _score_video(recurrence: Recurrence, video: datasets.VideoFrames, limit_fram
             source = "input frame" if all(key.startswith(INPUT_PREFIX) for key in broken) else "output"
             raise ValueError(f"{video.name}/{name}: the {source} scores NaN ({', '.join(broken)}): "
                              f"it holds non-finite values")
+        if frame_sink is not None:  # --save-frames
+            frame_sink(name, to_unit(output), to_unit(blurry[..., :height, :width]), truth)
         return row
 
     def timed(step, *args):
@@ -217,7 +220,7 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
              layout: str | None = None, blurry_folder: str | None = None, limit_videos: int | None = None,
              limit_frames: int | None = None, plain_ssim_window: str = "uniform", border: int = metrics.EVAL_BORDER,
              zero_flow: bool = False, overwrite: bool = False, progress: bool = True,
-             protocol: str = "default") -> dict:
+             protocol: str = "default", save_frames: bool = False) -> dict:
     """Deblur and score the data set at `data_root`; write scores.csv, summary.json, summary.md to `output_dir`.
 
     model: a loaded `pvd.nets.DeblurNet`, else `pvd.weights.load_model(weights, allow_untrained=...,
@@ -225,8 +228,10 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     first N videos / the first N frames of each. plain_ssim_window: "uniform" (the original Python
     evaluation) or "gaussian". zero_flow: replace BIMNet's flow by zero (`pvd.nets.ZeroFlowModel`; the
     pixel-volume ablation). protocol "paper" overrides precision, size_policy and plain_ssim_window with the
-    original Python evaluation's conditions (`PROTOCOLS`). Returns the summary (as in summary.json). Raises
-    ValueError for a data set
+    original Python evaluation's conditions (`PROTOCOLS`). save_frames: also write each video's deblurred frames
+    and blurry | deblurred | sharp side-by-sides (`pvd.eval_frames`). Under torchrun each process scores its
+    share of the videos (`pvd.sharding`) and rank 0 writes the files, identical to one process's. Returns the
+    summary (as in summary.json). Raises ValueError for a data set
     without ground truth, mismatched blurry / sharp frames, a weights file that is not a full model, or
     existing outputs without `overwrite`.
     """
@@ -245,11 +250,13 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
         raise ValueError(f"border must be >= 0, got {border}")
     layout, videos = _videos_with_ground_truth(data_root, layout, blurry_folder)
     videos = videos[:limit_videos]
+    video_order = [video.name for video in videos]
+    videos = sharding.shard(videos, key=lambda video: video.name)  # hook: this rank's share under torchrun
     existing = [name for name in OUTPUT_NAMES if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ValueError(f"{output_dir} already holds {', '.join(existing)} (use overwrite=True / --overwrite)")
 
-    dev = resolve_device(device)
+    dev = sharding.rank_device(resolve_device(device))
     autocast_dtype = resolve_precision(precision, dev)
     weights_used = str(weights) if weights is not None else None
     if model is None:
@@ -265,35 +272,57 @@ def evaluate(data_root: str | os.PathLike, output_dir: str | os.PathLike, *, mod
     created_output_dir = not output_dir.exists()
     rows_by_video: dict[str, list[dict]] = {}
     try:
-        with contextlib.ExitStack() as outputs:
-            scores_path = outputs.enter_context(atomic_file(output_dir / SCORES_NAME))
-            with scores_path.open("w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-                writer.writeheader()
-                for video in videos:
-                    rows = rows_by_video.setdefault(video.name, [])
-                    for row in _score_video(recurrence, video, limit_frames, dev, score_options, progress):
-                        rows.append(row)
-                        writer.writerow({key: row[key] for key in CSV_COLUMNS})
-                        file.flush()
-            summary = {
-                "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
-                "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
-                "settings": {
-                    "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
-                    "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
-                    "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
-                    "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
-                    "limit_frames": limit_frames,
-                    "pvd_version": pvd.__version__, "torch_version": torch.__version__,
-                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                },
-            }
-            for name, text in ((SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n"),
-                               (SUMMARY_MD_NAME, markdown_summary(summary))):
-                outputs.enter_context(atomic_file(output_dir / name)).write_text(text)
+        make_folder(output_dir)  # an output under a file fails here, before any work
+        for video in videos:
+            rows = rows_by_video.setdefault(video.name, [])
+            with _frame_saver(save_frames, output_dir, video.name, overwrite) as frame_sink:
+                for row in _score_video(recurrence, video, limit_frames, dev, score_options, progress, frame_sink):
+                    rows.append(row)
+        # Under torchrun every rank scored its share; all rows are gathered in the order a single process
+        # scores them, and rank 0 writes the files.
+        with sharding.process_group(dev) as context:
+            rows_by_video = sharding.merge_by_name(sharding.gather(rows_by_video, context), video_order)
+        summary = {
+            "overall": _aggregate([row for rows in rows_by_video.values() for row in rows]),
+            "videos": {name: _aggregate(rows) for name, rows in rows_by_video.items()},
+            "settings": {
+                "data_root": str(data_root), "protocol": protocol, "layout": layout, "weights": weights_used,
+                "model": type(model).__name__, "large_pvdnet": bool(getattr(model, "large", False)),
+                "device": str(dev), "precision": precision, "size_policy": size_policy, "border": border,
+                "plain_ssim_window": plain_ssim_window, "zero_flow": zero_flow, "limit_videos": limit_videos,
+                "limit_frames": limit_frames,
+                "pvd_version": pvd.__version__, "torch_version": torch.__version__,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        }
+        if context.is_main:
+            with contextlib.ExitStack() as outputs:
+                for name, text in ((SCORES_NAME, _csv_text(row for rows in rows_by_video.values() for row in rows)),
+                                   (SUMMARY_JSON_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n"),
+                                   (SUMMARY_MD_NAME, markdown_summary(summary))):
+                    outputs.enter_context(atomic_file(output_dir / name)).write_text(text)
     except BaseException:
-        if created_output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
-            output_dir.rmdir()  # a failed run leaves no empty output folder behind
+        if created_output_dir:  # a failed run leaves nothing behind (but the frames of videos it finished)
+            for folder in (output_dir / "frames", output_dir / "side_by_side", output_dir):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     return summary
+
+
+def _csv_text(rows: Iterable[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row[key] for key in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _frame_saver(save_frames: bool, output_dir: Path, video_name: str, overwrite: bool):
+    """--save-frames: a context giving `sink(name, output, blurry, sharp)` that writes one video's frames
+    (`pvd.eval_frames`); else a context giving None."""
+    if not save_frames:
+        return contextlib.nullcontext(None)
+    from . import eval_frames
+    return eval_frames.VideoFrameSaver(output_dir, video_name, overwrite=overwrite)

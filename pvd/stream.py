@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import threads, video_io
+from . import sharding, threads, video_io
 from .frames import FrameFormat, frame_to_tensor, tensor_to_frame
 from .nets.step import Recurrence, bound_step, check_size_policy, drive, place
 from .runtime import resolve_device, resolve_precision
@@ -43,19 +43,28 @@ class VideoDeblurrer:
     same format (numpy clamped and rounded; tensors float, not clamped, on the input's device). Only a
     3-frame window and the previous output are kept.
 
-    model: a `pvd.nets.DeblurNet` or anything holding `.bimnet` and `.pvdnet` (moved to `device`, put in eval mode). precision: 'auto' | 'fp32' |
-    'bf16' | 'fp16' (autocast only on CUDA). channels_last: PVDNet in channels_last (default: on CUDA).
-    compile: wrap both networks in torch.compile.
+    model: a `pvd.nets.DeblurNet` or anything holding `.bimnet` and `.pvdnet` (moved to `device`, put in eval
+    mode). precision: 'auto' | 'fp32' |
+    'bf16' | 'fp16' (autocast only on CUDA). channels_last: the networks' memory format (`place`).
+    compile: wrap both networks in torch.compile. tile, tile_overlap: tiled steps (`pvd.tiling.TiledStep`;
+    an int, or 'auto'), None: whole frames.
     """
 
     def __init__(self, model, device: str | torch.device = "auto", precision: str = "auto",
-                 size_policy: str = "pad", channels_last: bool | None = None, compile: bool = False):
+                 size_policy: str = "pad", channels_last: bool | None = None, compile: bool = False,
+                 tile=None, tile_overlap: int | None = None):
         check_size_policy(size_policy)
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.size_policy = size_policy
         self.model = model = place(model, self.device, channels_last)
-        self._recurrence = Recurrence(bound_step(model, size_policy, self.autocast_dtype, compile))
+        step_function = None
+        if tile is not None:  # tiled steps, bounded memory for any frame size (pvd.tiling)
+            from .tiling import TiledStep
+
+            step_function = TiledStep(tile, tile_overlap)
+        self.step_function = step_function  # None: whole-frame steps
+        self._recurrence = Recurrence(bound_step(model, size_policy, self.autocast_dtype, compile, step_function))
         self.reset()
 
     def reset(self) -> None:
@@ -142,14 +151,18 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
                  weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
                  size_policy: str = "pad", side_by_side: bool = False, format: str | None = None,  # noqa: A002
                  allow_untrained: bool = False, overwrite: bool = False, progress: bool = True,
-                 compile: bool = False) -> list[VideoResult]:
+                 compile: bool = False, crf: int = video_io.DEFAULT_CRF, fps: float | None = None,
+                 tile=None, tile_overlap: int | None = None) -> list[VideoResult]:
     """Deblur every video at `input` (video file, frame folder, or folder of those) into `output`.
 
     format: 'png' (a folder of frames), 'mp4', or 'both'; default: 'mp4' if output ends in .mp4, else 'png'.
     Output names: see `_output_paths`. Each output has the input's frame count and size ('original' size
     policy: the multiple-of-4 crop; side_by_side: input | output, twice as wide). Outputs appear only when
     complete; on error no partial output remains (videos finished before it stay). model: a loaded model,
-    else `load_model(weights, allow_untrained=...)`. Returns one VideoResult per video.
+    else `load_model(weights, allow_untrained=...)`. crf: the h264 quality (`video_io.VideoWriter`); fps: the
+    mp4's frame rate (default: the source's exact rate and timestamps, 30 for frame folders). tile,
+    tile_overlap: tiled inference (`pvd.tiling`; None: whole frames). Under torchrun each process deblurs its
+    share of the videos (`pvd.sharding`) on its own GPU. Returns one VideoResult per video (this process's).
     """
     input_path, output = Path(input), Path(output)
     check_size_policy(size_policy)
@@ -162,21 +175,25 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     single = len(videos) == 1 and videos[0].path.resolve() == input_path.resolve()
     plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
     _check_plans(plans)
+    plans = sharding.shard(plans, key=lambda plan: plan[0].name)  # this process's share under torchrun
     for _, frames_dir, mp4_path in plans:
         for target in (frames_dir, mp4_path):
             if target is not None and target.exists() and not overwrite:
                 raise video_io.VideoError(f"{target}: output already exists (use overwrite=True / --overwrite)")
-    dev = resolve_device(device)
+    dev = sharding.rank_device(resolve_device(device))
     resolve_precision(precision, dev)
     if model is None:
         model = load_model(weights, device=dev, allow_untrained=allow_untrained)
-    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy, compile=compile)
+    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy, compile=compile,
+                               tile=tile, tile_overlap=tile_overlap)
+    writer_options = {"crf": crf, "fps": fps}
 
     created = _missing_folders(output.parent if single else output)
     results = []
     try:
         for video, frames_dir, mp4_path in plans:
-            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress))
+            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress,
+                                       writer_options))
     except BaseException:
         for folder in reversed(created):  # the folders this call created, if they stayed empty
             if folder.is_dir() and not any(folder.iterdir()):
@@ -219,7 +236,7 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp4_path, side_by_side: bool,
-                overwrite: bool, progress: bool) -> VideoResult:
+                overwrite: bool, progress: bool, writer_options: dict | None = None) -> VideoResult:
     """Deblur one video into its outputs; decoding and encoding run in threads, overlapping the networks."""
     from tqdm import tqdm
 
@@ -234,8 +251,8 @@ def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp
 
     result = VideoResult(video.name, 0, 0.0)
     start = time.perf_counter()
-    writer = video_io.VideoWriter(frames_dir, mp4_path, fps=video.fps, frame_names=video.frame_names,
-                                  overwrite=overwrite)
+    writer = video_io.VideoWriter(frames_dir, mp4_path, frame_names=video.frame_names, overwrite=overwrite,
+                                  source=video, **(writer_options or {}))
     bar = tqdm(total=video.frame_count or None, unit="frame", desc=video.name, disable=not progress,
                dynamic_ncols=True)
     try:
@@ -255,7 +272,7 @@ def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp
     finally:
         decoded.close()  # stops the reading thread, also after an error
     result.seconds = time.perf_counter() - start
-    result.outputs = [p for p in (frames_dir, mp4_path) if p is not None]
+    result.outputs = writer.outputs
     return result
 
 

@@ -1,40 +1,46 @@
-"""Video input and output: video files and folders of frames in, PNG frames and/or mp4 out.
+"""Video input and output: video files and folders of frames in, PNG frames and/or h264 mp4 out.
 
 Inputs (`find_videos`):
-- a video file (`.mp4`, `.avi`, `.mov`, `.mkv`, `.m4v`, decoded by OpenCV);
-- a folder of frames (`.png`, `.jpg`, `.jpeg`, sorted naturally: `2.png` before `10.png`);
+- a video file (any FFmpeg container: `.mp4`, `.mov`, `.mkv`, `.avi`, `.webm`, ..., decoded by PyAV);
+- a folder of frames (png/jpg/jpeg/bmp/tif/tiff/webp, read by OpenCV, sorted naturally: `2.png` before `10.png`);
 - a folder of such folders (and/or video files): one video per entry, in natural order.
 
-Frames are streamed as RGB numpy arrays (H, W, 3), uint8, or uint16 for 16-bit PNGs, decoded by
-`pvd.frames.read_image` (gray and RGBA inputs are converted to RGB with a warning). Bad input raises
-`VideoError` (a ValueError) naming the file: missing path,
-unreadable or corrupt frame, frame sizes differing inside one video, empty folder.
+Frames are streamed as RGB numpy arrays (H, W, 3), uint8, or uint16 for 16-bit PNG/TIFF frames and video of more
+than 8 bits; gray and RGBA inputs are converted to RGB with a warning. Without PyAV (`av_codec.HAS_AV` False)
+video files are refused with a one-line message and frame folders still work. Bad input raises `VideoError` (a
+ValueError) naming the file: missing path, unreadable or corrupt frame, frame sizes differing inside one video,
+empty folder.
 
-Outputs (`VideoWriter`) are written under temporary names next to their destination and renamed into place when
-the video is complete; on error the temporaries are removed, so no partial output remains.
+Outputs (`VideoWriter`): PNG frames (16-bit kept) and/or an h264 mp4 (`pvd.av_codec.H264Encoder`: CRF 17 by
+default, the source's exact rate and timestamps, its audio copied, metadata and rotation kept). They are written
+under temporary names next to their destination and renamed into place when the video is complete; on error the
+temporaries are removed, so no partial output remains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fractions import Fraction
+
 import cv2
 import numpy as np
 
-from ._files import make_folder
-from .frames import FrameError, read_image, to_8_bit, to_rgb
+from . import av_codec
+from ._files import atomic_dir, atomic_file
+from .frames import FrameError, read_image
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                  ".wmv", ".flv", ".3gp", ".ogv", ".mxf", ".y4m")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 30.0  # frame rate given to mp4 outputs of frame folders, which carry none
-MP4_FOURCC = "mp4v"
+DEFAULT_CRF = av_codec.DEFAULT_CRF
 
 
 VideoError = FrameError  # bad video input or output (a ValueError); the message names the offending file
@@ -63,7 +69,8 @@ class Video:
 
     width, height: frame size in pixels; frame_count: number of frames (for video files the container's
     count, which some files get wrong: iteration yields what decodes); fps: frames per second (None for
-    frame folders); frame_paths: the sorted frame files of a frame folder, else None.
+    frame folders); frame_paths: the sorted frame files of a frame folder, else None; rate: the exact frame
+    rate of a video file (e.g. Fraction(24000, 1001)), else None.
     """
 
     name: str
@@ -73,6 +80,7 @@ class Video:
     frame_count: int
     fps: float | None
     frame_paths: tuple[Path, ...] | None = None
+    rate: Fraction | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -110,48 +118,30 @@ class Video:
             yield frame
 
     def _file_frames(self) -> Iterator[np.ndarray]:
-        capture = _open_capture(self.path)
-        warned: set = set()
         decoded = 0
         try:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frame = to_rgb(frame, self.path, warned)
+            for frame in av_codec.decode(self.path):
                 self._check_size(frame, f"{self.path} (frame {decoded})")
                 decoded += 1
                 yield frame
-        finally:
-            capture.release()
+        except av_codec.CodecError as error:
+            raise VideoError(str(error)) from error
         if decoded == 0:
             raise VideoError(f"{self.path}: no frame could be decoded (corrupt or unsupported video)")
 
 
-def _open_capture(path: Path) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        capture.release()
-        raise VideoError(f"{path}: cannot open video (corrupt or unsupported format)")
-    return capture
-
-
 def open_video_file(path: str | os.PathLike) -> Video:
-    """Metadata of a video file, read through OpenCV. Raises VideoError if it is missing or does not open."""
+    """Metadata of a video file, read through PyAV. VideoError if it is missing, does not open, or PyAV is
+    not installed."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: no such video file")
-    capture = _open_capture(path)
     try:
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS)) or None
-    finally:
-        capture.release()
-    if width <= 0 or height <= 0:
-        raise VideoError(f"{path}: video reports no frame size (corrupt or unsupported)")
-    return Video(path.stem, path, width, height, max(count, 0), fps)
+        info = av_codec.probe(path)
+    except av_codec.CodecError as error:
+        raise VideoError(f"{path}: {error}" if str(path) not in str(error) else str(error)) from error
+    fps = float(info.rate) if info.rate else None
+    return Video(path.stem, path, info.width, info.height, max(info.frame_count, 0), fps, None, info.rate)
 
 
 def open_frame_folder(path: str | os.PathLike) -> Video:
@@ -205,67 +195,77 @@ def _single_image_video(path: Path) -> Video:
 # ----------------------------------------------------------------------------------------------------------- output
 
 
-def _temporary_sibling(final: Path, suffix: str = "") -> Path:
-    return final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-def _move_into_place(temporary: Path, final: Path, overwrite: bool) -> None:
-    """Rename `temporary` to `final`; an existing `final` is replaced only when `overwrite`."""
-    if final.exists():
-        if not overwrite:
-            raise VideoError(f"{final}: output already exists (pass overwrite=True / --overwrite to replace it)")
-        old = _temporary_sibling(final, ".old")
-        os.replace(final, old)
-        os.replace(temporary, final)
-        _remove(old)
-    else:
-        os.replace(temporary, final)
-
-
 class VideoWriter:
-    """Writes one video as PNG frames into `frames_dir` and/or as an mp4 (`mp4v`) at `video_path`.
+    """Writes one video as PNG frames into `frames_dir` and/or as an h264 mp4 at `video_path`.
 
     Use as a context manager: outputs go to hidden temporary siblings and are renamed into place on a clean
     exit; on an exception they are deleted. Frames: RGB (H, W, 3) uint8 or uint16 (PNG keeps 16 bits, the mp4
     gets 8), all of one size. `frame_names` (stems) names the PNGs, else 00000.png, 00001.png, ...
-    The mp4 codec needs even frame sides: an odd side is padded by one replicated pixel (with a warning).
+    The mp4: h264 yuv420p at `crf` (17: visually lossless); frame rate `fps` (a float, 23.976 meaning
+    24000/1001), else `source`'s exact rate, else DEFAULT_FPS; `source` (the input `Video`, when a video file)
+    also gives the timestamps, the audio (copied), metadata and rotation. yuv420p needs even frame sides: an odd
+    side is padded by one replicated pixel (with a warning). Without PyAV the mp4 is left out with a warning
+    when PNG frames are written, and refused (VideoError) when it is the only output. `outputs` lists what is
+    written.
     """
 
     def __init__(self, frames_dir: str | os.PathLike | None = None, video_path: str | os.PathLike | None = None,
-                 fps: float | None = None, frame_names: list[str] | None = None, overwrite: bool = False):
+                 fps: float | None = None, frame_names: list[str] | None = None, overwrite: bool = False,
+                 crf: int = DEFAULT_CRF, source: Video | None = None):
         if frames_dir is None and video_path is None:
             raise ValueError("VideoWriter needs frames_dir and/or video_path")
         self.frames_dir = Path(frames_dir) if frames_dir is not None else None
         self.video_path = Path(video_path) if video_path is not None else None
         if self.video_path is not None and self.video_path.suffix.lower() != ".mp4":
             raise ValueError(f"{self.video_path}: video output must end in .mp4")
-        self.fps = float(fps) if fps else DEFAULT_FPS
+        if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+            raise ValueError(f"crf must be an integer in 0..51, got {crf!r}")
+        if fps is not None and not (float(fps) > 0 and np.isfinite(float(fps))):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if self.video_path is not None and not av_codec.HAS_AV:
+            if self.frames_dir is None:
+                raise VideoError(f"{self.video_path}: {av_codec.MISSING_AV_MESSAGE}")
+            warnings.warn(f"{self.video_path} not written: {av_codec.MISSING_AV_MESSAGE}", stacklevel=2)
+            self.video_path = None
+        source_file = source is not None and source.frame_paths is None
+        if source_file and fps and source.rate is not None and abs(float(source.rate) - float(fps)) > 1e-3:
+            warnings.warn(f"{self.video_path or self.frames_dir}: fps {fps} replaces the source's "
+                          f"{float(source.rate):.3f}: frames are retimed, the source's audio and timestamps are not "
+                          f"kept", stacklevel=2)
+            source_file = False
+        if fps:
+            self.rate = av_codec.rate_from_fps(float(fps))
+            if source_file and source.rate is not None and abs(float(source.rate) - float(fps)) < 1e-3:
+                self.rate = source.rate  # the exact fraction behind a float like 23.976
+        else:
+            self.rate = source.rate if source_file and source.rate else av_codec.rate_from_fps(DEFAULT_FPS)
+        self.fps = float(self.rate)
+        self.crf = crf
+        self.source_path = source.path if source_file else None
         self.frame_names = frame_names
         self.overwrite = overwrite
         self.count = 0
         self._size: tuple[int, int] | None = None
         self._frames_tmp: Path | None = None
         self._video_tmp: Path | None = None
-        self._mp4: cv2.VideoWriter | None = None
+        self._encoder: av_codec.H264Encoder | None = None
+        self._outputs = contextlib.ExitStack()
         for final in (self.frames_dir, self.video_path):
             if final is not None and final.exists() and not overwrite:
                 raise VideoError(f"{final}: output already exists (pass overwrite=True / --overwrite to replace it)")
 
+    @property
+    def outputs(self) -> list[Path]:
+        """The output paths this writer produces (the frame folder and/or the mp4)."""
+        return [p for p in (self.frames_dir, self.video_path) if p is not None]
+
     def __enter__(self) -> VideoWriter:
-        if self.frames_dir is not None:
-            make_folder(self.frames_dir.parent)
-            self._frames_tmp = _temporary_sibling(self.frames_dir)
-            self._frames_tmp.mkdir()
-        if self.video_path is not None:
-            make_folder(self.video_path.parent)
-            self._video_tmp = _temporary_sibling(self.video_path, ".mp4")
+        with contextlib.ExitStack() as stack:
+            if self.frames_dir is not None:
+                self._frames_tmp = stack.enter_context(atomic_dir(self.frames_dir, overwrite=self.overwrite))
+            if self.video_path is not None:
+                self._video_tmp = stack.enter_context(atomic_file(self.video_path, overwrite=self.overwrite))
+            self._outputs = stack.pop_all()
         return self
 
     def write(self, frame: np.ndarray) -> None:
@@ -276,58 +276,40 @@ class VideoWriter:
             self._size = frame.shape[:2]
         elif frame.shape[:2] != self._size:
             raise ValueError(f"frame {self.count} has size {frame.shape[:2]}, earlier frames {self._size}")
-        bgr = np.ascontiguousarray(frame[:, :, ::-1])
         if self._frames_tmp is not None:
             name = (self.frame_names[self.count] if self.frame_names and self.count < len(self.frame_names)
                     else f"{self.count:05d}")
-            ok, encoded = cv2.imencode(".png", bgr)
+            ok, encoded = cv2.imencode(".png", np.ascontiguousarray(frame[:, :, ::-1]))
             if not ok:
                 raise VideoError(f"{self.frames_dir / (name + '.png')}: PNG encoding failed")
             encoded.tofile(self._frames_tmp / f"{name}.png")
         if self._video_tmp is not None:
-            bgr = self._even_size(bgr)
-            if self._mp4 is None:
-                height, width = bgr.shape[:2]
-                self._mp4 = cv2.VideoWriter(str(self._video_tmp), cv2.VideoWriter_fourcc(*MP4_FOURCC), self.fps,
-                                            (width, height))
-                if not self._mp4.isOpened():
-                    raise VideoError(f"{self.video_path}: OpenCV cannot open an mp4 ({MP4_FOURCC}) writer")
-            self._mp4.write(to_8_bit(bgr))
+            if self._encoder is None:
+                self._encoder = av_codec.H264Encoder(self._video_tmp, self.rate, crf=self.crf,
+                                                     source=self.source_path, label=str(self.video_path))
+            try:
+                self._encoder.encode(frame)
+            except av_codec.av.error.FFmpegError as error:
+                raise VideoError(f"{self.video_path}: encoding failed ({error})") from error
         self.count += 1
-
-    def _even_size(self, frame: np.ndarray) -> np.ndarray:
-        """mp4 (yuv420) frames need even sides: odd ones get one replicated row/column, with a warning."""
-        pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
-        if not (pad_h or pad_w):
-            return frame
-        if self.count == 0:
-            height, width = frame.shape[:2]
-            warnings.warn(f"{self.video_path}: mp4 needs even frame sides; {width}x{height} is padded to "
-                          f"{width + pad_w}x{height + pad_h} (PNG frames keep the exact size)", stacklevel=3)
-        return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
     def commit(self) -> None:
         """Finish: move the outputs into place."""
         if self.count == 0:
             raise VideoError(f"{self.frames_dir or self.video_path}: no frame was written")
-        if self._mp4 is not None:
-            self._mp4.release()
-            self._mp4 = None
-        if self._frames_tmp is not None:
-            _move_into_place(self._frames_tmp, self.frames_dir, self.overwrite)
-            self._frames_tmp = None
-        if self._video_tmp is not None:
-            _move_into_place(self._video_tmp, self.video_path, self.overwrite)
-            self._video_tmp = None
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
+        self._outputs.close()  # atomic_dir / atomic_file rename the temporaries into place
+        self._frames_tmp = self._video_tmp = None
 
     def abort(self) -> None:
         """Drop every temporary output."""
-        if self._mp4 is not None:
-            self._mp4.release()
-            self._mp4 = None
-        for temporary in (self._frames_tmp, self._video_tmp):
-            if temporary is not None:
-                _remove(temporary)
+        if self._encoder is not None:
+            self._encoder.abort()
+            self._encoder = None
+        aborted = VideoError("aborted")
+        self._outputs.__exit__(VideoError, aborted, None)  # the temporaries are removed, the outputs untouched
         self._frames_tmp = self._video_tmp = None
 
     def __exit__(self, exc_type, exc, tb) -> None:

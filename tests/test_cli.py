@@ -53,7 +53,7 @@ def test_a_subcommands_argument_error_prints_its_own_usage(capsys):
     assert capsys.readouterr().err.startswith("usage: pvd eval")
 
 
-def _frames(folder, count=2, size=16):
+def _frames(folder, count=2, size=48):
     import cv2
     import numpy as np
 

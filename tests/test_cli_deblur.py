@@ -88,7 +88,7 @@ def _video_shape(path):
 
 
 def _leftovers(directory):
-    return [p.name for p in directory.rglob("*") if ".partial-" in p.name]
+    return [p.name for p in directory.rglob("*") if ".pvd-" in p.name]
 
 
 def test_refuses_random_weights_without_allow_untrained(tmp_path, capsys):

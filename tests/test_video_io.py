@@ -1,12 +1,16 @@
-"""Video input/output: frame folders, video files, 16-bit/gray/RGBA frames, errors, atomic writers."""
+"""Video input/output: frame folders, video files (PyAV: h264, exact rates, timestamps, audio, rotation,
+metadata), 16-bit/gray/RGBA frames, errors, atomic writers, and running without PyAV."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 import cv2
 import numpy as np
 import pytest
 
-from pvd import video_io
+from pvd import av_codec, video_io
 from pvd.video_io import VideoError, VideoWriter, find_videos
 
 
@@ -30,7 +34,7 @@ def _write_png(path, rgb: np.ndarray) -> None:
 
 
 def _no_leftovers(directory) -> bool:
-    return not any(p.name.startswith(".") and ".partial-" in p.name for p in directory.iterdir())
+    return not any(p.name.startswith(".") and ".pvd-" in p.name for p in directory.iterdir())
 
 
 def test_frame_folder_round_trip_in_natural_order(tmp_path):
@@ -84,21 +88,24 @@ def test_folder_of_videos(tmp_path):
     assert [(v.name, v.frame_count) for v in videos] == [("a", 3), ("b", 2)]
 
 
-def test_mp4_round_trip_through_opencv(tmp_path):
-    frames = _frames(4, 32, 48)
+def test_mp4_round_trip(tmp_path):
+    frames = _frames(4, 96, 128)  # large enough for 4:2:0 chroma to hold smooth colours
     target = tmp_path / "clip.mp4"
     with VideoWriter(video_path=target, fps=12) as writer:
         for frame in frames:
             writer.write(frame)
     assert target.is_file() and _no_leftovers(tmp_path)
     [video] = find_videos(target)
-    assert (video.width, video.height, video.frame_count) == (48, 32, 4)
-    assert video.fps == pytest.approx(12, abs=0.01)
+    assert (video.width, video.height, video.frame_count) == (128, 96, 4)
+    assert video.fps == pytest.approx(12, abs=0.01) and video.rate == 12
     read = list(video)
     assert len(read) == 4
     for got, want in zip(read, frames):
         assert got.shape == want.shape
-        assert np.abs(got.astype(int) - want.astype(int)).mean() < 6  # lossy codec, smooth content
+        assert _psnr(got, want) > 38  # h264 at CRF 17 (visually lossless) on smooth content
+    with av.open(str(target)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.name, context.pix_fmt) == ("h264", "yuv420p")
 
 
 def test_png_writer_names_and_sixteen_bits(tmp_path):
@@ -182,3 +189,135 @@ def test_mp4_of_odd_size_is_padded_to_even_with_a_warning(tmp_path):
     [video] = find_videos(tmp_path / "odd.mp4")
     assert (video.width, video.height) == (10, 8)
     assert len(list(video)) == 2
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+AUDIO_RATE = 16000
+AUDIO_FRAME = 1024
+
+
+def _make_source(path, frames, pts, time_base, rotation=0, title="my clip"):
+    """A source file written with PyAV directly: h264 video at the given timestamps, a 1 s aac tone, a title."""
+    out = av.open(str(path), "w")
+    out.metadata["title"] = title
+    video = out.add_stream("libx264", rate=Fraction(24000, 1001))
+    video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    video.codec_context.time_base = video.time_base = time_base
+    if rotation:
+        video.set_display_rotation(rotation)
+    audio = out.add_stream("aac", rate=AUDIO_RATE)
+    audio.layout = "mono"
+    for frame, stamp in zip(frames, pts):
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        picture.pts, picture.time_base = stamp, time_base
+        for packet in video.encode(picture):
+            out.mux(packet)
+    for packet in video.encode(None):
+        out.mux(packet)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(AUDIO_RATE) / AUDIO_RATE)).astype(np.float32)[None]
+    for start in range(0, AUDIO_RATE, AUDIO_FRAME):
+        chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + AUDIO_FRAME]), format="flt",
+                                           layout="mono")
+        chunk.sample_rate, chunk.pts = AUDIO_RATE, start
+        for packet in audio.encode(chunk):
+            out.mux(packet)
+    for packet in audio.encode(None):
+        out.mux(packet)
+    out.close()
+
+
+def _timestamps_seconds(path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [float(frame.pts * frame.time_base) for frame in container.decode(video=0)]
+
+
+def _audio_payloads(path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
+
+
+def test_variable_rate_source_keeps_timestamps_audio_rotation_and_metadata(tmp_path):
+    frames = _frames(6, 96, 128)
+    stamps_ms = [0, 40, 90, 200, 230, 400]  # irregular: a variable-rate clip
+    source_path = tmp_path / "phone.mp4"
+    _make_source(source_path, frames, stamps_ms, Fraction(1, 1000), rotation=90)
+    [video] = find_videos(source_path)
+    target = tmp_path / "out.mp4"
+    decoded = list(video)
+    with VideoWriter(video_path=target, fps=video.fps, source=video) as writer:
+        for frame in decoded:
+            writer.write(255 - frame)  # any processing: the pictures differ, the timing must not
+    assert _timestamps_seconds(target) == pytest.approx([t / 1000 for t in stamps_ms], abs=1e-6)
+    audio = _audio_payloads(target)
+    assert audio and audio == _audio_payloads(source_path)  # copied packet for packet
+    with av.open(str(target)) as container:
+        assert container.metadata.get("title") == "my clip"
+        assert [s.type for s in container.streams] == ["video", "audio"]
+        assert next(container.decode(video=0)).rotation == 90
+    for got, want in zip(find_videos(target)[0], decoded):
+        assert _psnr(got, 255 - want) > 38
+
+
+def test_ntsc_rates_are_exact(tmp_path):
+    assert av_codec.rate_from_fps(23.976) == Fraction(24000, 1001)
+    assert av_codec.rate_from_fps(29.97) == Fraction(30000, 1001)
+    assert av_codec.rate_from_fps(25) == 25 and av_codec.rate_from_fps(12.5) == Fraction(25, 2)
+    target = tmp_path / "film.mp4"
+    with VideoWriter(video_path=target, fps=23.976) as writer:
+        for frame in _frames(5, 16, 16):
+            writer.write(frame)
+    [video] = find_videos(target)
+    assert video.rate == Fraction(24000, 1001)
+    assert _timestamps_seconds(target)[4] == pytest.approx(4 * 1001 / 24000, abs=1e-6)
+
+
+def test_crf_sets_quality_and_is_checked(tmp_path):
+    rng = np.random.default_rng(3)  # gray noise: no chroma, so 4:2:0 subsampling loses nothing
+    noisy = [np.repeat(rng.integers(16, 236, size=(64, 64, 1), dtype=np.uint8), 3, axis=2) for _ in range(3)]
+    sizes, quality = {}, {}
+    for crf in (0, 40):
+        target = tmp_path / f"crf{crf}.mp4"
+        with VideoWriter(video_path=target, crf=crf) as writer:
+            for frame in noisy:
+                writer.write(frame)
+        sizes[crf] = target.stat().st_size
+        quality[crf] = min(_psnr(a, b) for a, b in zip(find_videos(target)[0], noisy))
+    assert sizes[0] > 3 * sizes[40] and quality[0] > 40 > quality[40] + 10
+    with pytest.raises(ValueError, match="crf"):
+        VideoWriter(video_path=tmp_path / "x.mp4", crf=60)
+
+
+def test_image_formats_and_sixteen_bit_tiff(tmp_path):
+    frame = _frames(1, 6, 8)[0]
+    deep = np.random.default_rng(4).integers(0, 65536, size=(6, 8, 3), dtype=np.uint16)
+    for suffix in ("bmp", "webp", "tif"):
+        (tmp_path / suffix).mkdir()
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == "webp" else []  # 101: lossless WebP
+        assert cv2.imwrite(str(tmp_path / suffix / f"0.{suffix}"), frame[:, :, ::-1], params)
+        [read] = list(find_videos(tmp_path / suffix)[0])
+        np.testing.assert_array_equal(read, frame)
+    _write_png(tmp_path / "deep.tiff", deep)
+    [read] = list(find_videos(tmp_path / "deep.tiff")[0])
+    assert read.dtype == np.uint16
+    np.testing.assert_array_equal(read, deep)
+
+
+def test_without_pyav_video_files_are_refused_and_frames_still_work(tmp_path, monkeypatch):
+    target = tmp_path / "clip.mp4"
+    with VideoWriter(video_path=target) as writer:
+        writer.write(_frames(1, 8, 8)[0])
+    monkeypatch.setattr(av_codec, "HAS_AV", False)
+    with pytest.raises(VideoError, match=r"clip\.mp4.*pip install av"):
+        find_videos(target)
+    with pytest.raises(VideoError, match="pip install av"):
+        VideoWriter(video_path=tmp_path / "only.mp4")
+    with pytest.warns(UserWarning, match="not written.*pip install av"):
+        writer = VideoWriter(frames_dir=tmp_path / "frames", video_path=tmp_path / "both.mp4")
+    with writer:
+        writer.write(_frames(1, 8, 8)[0])
+    assert writer.outputs == [tmp_path / "frames"] and not (tmp_path / "both.mp4").exists()
+    assert len(list(find_videos(tmp_path / "frames")[0])) == 1

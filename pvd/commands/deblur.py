@@ -8,7 +8,7 @@ from pvd.commands import add_model_options, command_parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pvd import stream
+    from pvd import stream, tiling, video_io
 
     parser = command_parser(
         subparsers, "deblur",
@@ -26,6 +26,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run random weights when no trained weights are found (for testing only)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA, long videos)")
+    parser.add_argument("--crf", type=int, default=video_io.DEFAULT_CRF,
+                        help="h264 quality of mp4 outputs, 0 (lossless) .. 51 (worst); the default is visually "
+                             "lossless. Score from PNG frames, which are lossless")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of the mp4 (default: the source's exact rate and timestamps; "
+                             f"{video_io.DEFAULT_FPS:g} for frame folders)")
+    parser.add_argument("--tile", default=None, metavar="N|auto",
+                        help="deblur in N x N tiles (bounded memory for large frames); auto: the largest tile that "
+                             "fits the device's free memory")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
+                        help=f"pixels shared by neighbouring tiles, blended (None: {tiling.DEFAULT_OVERLAP})")
     parser.set_defaults(func=run)
     return parser
 
@@ -37,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
         size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
         allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
-        compile=args.compile)
+        compile=args.compile, crf=args.crf, fps=args.fps, tile=args.tile, tile_overlap=args.tile_overlap)
     for result in results:
         outputs = ", ".join(str(path) for path in result.outputs)
         print(f"{result.name}: {result.frames} frames in {result.seconds:.1f} s "

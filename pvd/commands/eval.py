@@ -39,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "(fp32, --size-policy original, uniform plain SSIM; overrides those options)")
     parser.add_argument("--zero-flow", action="store_true",
                         help="ablation: feed PVDNet pixel volumes built from a zero flow instead of BIMNet's")
+    parser.add_argument("--save-frames", action="store_true",
+                        help="also write the deblurred frames (OUTPUT/frames/<video>/) and blurry | deblurred | "
+                             "sharp side-by-sides (OUTPUT/side_by_side/<video>/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing score files in OUTPUT")
     parser.set_defaults(func=run)
     return parser
@@ -53,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
         layout=args.layout, blurry_folder=args.blurry_folder, limit_videos=args.limit_videos,
         limit_frames=args.limit_frames, plain_ssim_window=args.plain_ssim_window, border=args.border,
         zero_flow=args.zero_flow, overwrite=args.overwrite, progress=not args.quiet,
-        protocol=args.protocol)
+        protocol=args.protocol, save_frames=args.save_frames)
+    from pvd import sharding
+
+    if not sharding.current().is_main:  # under torchrun rank 0 reports (and wrote the files)
+        return 0
     print(evaluate.markdown_summary(summary))
     print(f"wrote {args.output}/{{{', '.join(evaluate.OUTPUT_NAMES)}}}")
     return 0

@@ -188,14 +188,16 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.
 
 
 def bound_step(model, size_policy: str = "pad", autocast_dtype: torch.dtype | None = None,
-               compile: bool = False) -> Step:
+               compile: bool = False, step_function: Callable = None) -> Step:
     """step(prev, curr, next, deblurred_prev) of `model` (a `DeblurNet`, or anything holding `.bimnet` and
-    `.pvdnet`) with its options bound; compile: both networks wrapped in torch.compile."""
+    `.pvdnet`) with its options bound; compile: both networks wrapped in torch.compile; step_function: another
+    step with `deblur_step`'s signature (e.g. `pvd.tiling.TiledStep`), default `deblur_step`."""
     check_size_policy(size_policy)
     bimnet, pvdnet = model.bimnet, model.pvdnet
     if compile:
         bimnet, pvdnet = torch.compile(bimnet), torch.compile(pvdnet)
-    return functools.partial(deblur_step, bimnet, pvdnet, size_policy=size_policy, autocast_dtype=autocast_dtype)
+    return functools.partial(step_function or deblur_step, bimnet, pvdnet, size_policy=size_policy,
+                             autocast_dtype=autocast_dtype)
 
 
 def place(model, device: torch.device, channels_last: bool | None = None):

@@ -134,7 +134,8 @@ def read_image(path: str | os.PathLike, warned: set | frozenset | None = None) -
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) uint8/uint16 frame as a PNG; OSError if it cannot be written."""
+    """Write an RGB (H, W, 3) uint8/uint16 frame as a PNG (another image format where the suffix says so, e.g.
+    .jpg, .tif); OSError if it cannot be written."""
     if not cv2.imwrite(os.fspath(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {str(path)!r}")
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from . import sharding, threads, video_io
-from .frames import FrameFormat, frame_to_tensor, tensor_to_frame
+from ._files import atomic_file
+from .frames import FrameFormat, frame_to_tensor, tensor_to_frame, write_png
 from .nets.step import Recurrence, bound_step, check_size_policy, drive, place
 from .runtime import resolve_device, resolve_precision
 from .weights import load_model
@@ -172,7 +173,12 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     if output.suffix.lower() in video_io.VIDEO_SUFFIXES and output.suffix.lower() != ".mp4":
         raise ValueError(f"{output}: video output is written as .mp4 only")
     videos = video_io.find_videos(input_path)
-    single = len(videos) == 1 and videos[0].path.resolve() == input_path.resolve()
+    if input_path.is_file() and input_path.suffix.lower() in video_io.IMAGE_SUFFIXES and \
+            output.suffix.lower() in video_io.IMAGE_SUFFIXES:  # one image in, one image out
+        return [_deblur_image(videos[0], output, model=model, weights=weights, device=device, precision=precision,
+                              size_policy=size_policy, allow_untrained=allow_untrained, overwrite=overwrite)]
+    single = len(videos) == 1 and (videos[0].path.resolve() == input_path.resolve()
+                                   or not input_path.exists())  # one video, or a glob of frames
     plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
     _check_plans(plans)
     plans = sharding.shard(plans, key=lambda plan: plan[0].name)  # this process's share under torchrun
@@ -200,6 +206,26 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
                 folder.rmdir()
         raise
     return results
+
+
+def _deblur_image(video: video_io.Video, output: Path, *, model, weights, device, precision, size_policy,
+                  allow_untrained, overwrite) -> VideoResult:
+    """A lone image deblurred into the image file `output` (its format from the suffix), written atomically.
+    With no neighbours, the image is its own previous and next frame."""
+    _check_plans([(video, output, None)])
+    if output.exists() and not overwrite:
+        raise video_io.VideoError(f"{output}: output already exists (use overwrite=True / --overwrite)")
+    dev = resolve_device(device)
+    if model is None:
+        model = load_model(weights, device=dev, allow_untrained=allow_untrained)
+    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
+    start = time.perf_counter()
+    (frame,) = deblurrer.run(video.frames())
+    with atomic_file(output, overwrite=overwrite) as temporary:
+        write_png(temporary, frame)  # OpenCV picks the format from the suffix (png, jpg, tif, ...)
+    result = VideoResult(video.name, 1, time.perf_counter() - start)
+    result.outputs = [output]
+    return result
 
 
 def _within(path: Path, folder: Path) -> bool:

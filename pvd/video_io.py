@@ -20,6 +20,7 @@ temporaries are removed, so no partial output remains.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import warnings
@@ -152,8 +153,28 @@ def open_frame_folder(path: str | os.PathLike) -> Video:
     frame_paths = sorted((p for p in path.iterdir() if _is_image(p)), key=lambda p: natural_key(p.name))
     if not frame_paths:
         raise VideoError(f"{path}: folder holds no frames ({', '.join(IMAGE_SUFFIXES)})")
+    return _frames_video(path.name, path, frame_paths)
+
+
+def _frames_video(name: str, path: Path, frame_paths: list[Path]) -> Video:
+    """Image files, in order, as one video named `name`; the first frame gives the size."""
     height, width = read_image(frame_paths[0], warned={"gray", "alpha"}).shape[:2]
-    return Video(path.name, path, width, height, len(frame_paths), None, tuple(frame_paths))
+    return Video(name, path, width, height, len(frame_paths), None, tuple(frame_paths))
+
+
+def _glob_videos(pattern: str) -> list[Video]:
+    """A quoted glob ('frames/*.png', 'clips/*.mp4'): its images as one video (named after their folder), or
+    each matched video file / frame folder. VideoError when it matches nothing usable."""
+    matches = sorted((Path(m) for m in glob.glob(pattern)), key=lambda p: natural_key(str(p)))
+    images = [m for m in matches if _is_image(m)]
+    if images:
+        if len(images) != len(matches):
+            raise VideoError(f"{pattern}: matches images and other files; give a pattern of frames only")
+        return [_frames_video(images[0].parent.name or "frames", images[0].parent, images)]
+    videos = [video for m in matches for video in find_videos(m) if _is_video_file(m) or m.is_dir()]
+    if not videos:
+        raise VideoError(f"{pattern}: matches no frames ({', '.join(IMAGE_SUFFIXES)}), videos or frame folders")
+    return videos
 
 
 def find_videos(path: str | os.PathLike) -> list[Video]:
@@ -163,6 +184,8 @@ def find_videos(path: str | os.PathLike) -> list[Video]:
     Raises VideoError if the path is missing, or is a folder with neither frames nor videos.
     """
     path = Path(path)
+    if not path.exists() and glob.has_magic(str(path)):
+        return _glob_videos(str(path))
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
     if path.is_file():
@@ -181,6 +204,12 @@ def find_videos(path: str | os.PathLike) -> list[Video]:
         elif _is_video_file(entry):
             videos.append(open_video_file(entry))
     if not videos:
+        nested = next((sub for entry in entries if entry.is_dir() for sub in sorted(entry.iterdir())
+                       if sub.is_dir() and any(_is_image(p) for p in sub.iterdir())), None)
+        if nested is not None:  # e.g. a DVD / GoPro data set root: <root>/<video>/<blurry|sharp>/frames
+            raise VideoError(f"{path}: holds no frames or videos itself but frame folders one level deeper "
+                             f"(e.g. {nested}): a data set with ground truth is scored with `pvd eval`; to "
+                             f"deblur, point at a folder of frames or of videos (e.g. {nested})")
         raise VideoError(f"{path}: empty folder: no frames ({', '.join(IMAGE_SUFFIXES)}), no videos "
                          f"({', '.join(VIDEO_SUFFIXES)}) and no sub-folders of frames")
     return videos

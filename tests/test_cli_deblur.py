@@ -259,3 +259,34 @@ def test_two_inputs_mapped_to_one_output_are_refused_before_any_work(tmp_path, t
         error = capsys.readouterr().err
         assert "would both be written to" in error and "clip" in error
         assert not (tmp_path / "out").exists()
+
+
+def test_a_single_image_gives_a_single_image(tmp_path, tiny_model, capsys):
+    """`-o single.png` used to become a folder holding 000.png."""
+    clip = _frame_folder(tmp_path / "clip", 1, 20, 28)
+    for name in ("single.png", "single.jpg"):
+        assert main(["deblur", str(clip / "000.png"), "-o", str(tmp_path / name), "--quiet"]) == 0, \
+            capsys.readouterr().err
+        assert (tmp_path / name).is_file() and cv2.imread(str(tmp_path / name)).shape == (20, 28, 3)
+    assert main(["deblur", str(clip / "000.png"), "-o", str(tmp_path / "single.png"), "--quiet"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_quoted_glob_of_frames_is_one_video(tmp_path, tiny_model, capsys):
+    clip = _frame_folder(tmp_path / "clip", 3, 12, 16)
+    cv2.imwrite(str(clip / "notes.jpg"), np.zeros((12, 16, 3), np.uint8))  # not matched by *.png
+    assert main(["deblur", str(clip / "*.png"), "-o", str(tmp_path / "out"), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000.png", "001.png", "002.png"]
+    assert main(["deblur", str(tmp_path / "nothing" / "*.png"), "-o", str(tmp_path / "o2"), "--quiet"]) == 1
+    assert "matches no frames" in capsys.readouterr().err
+
+
+def test_a_data_set_root_given_to_deblur_points_to_eval(tmp_path, tiny_model, capsys):
+    """A GoPro-layout root (<root>/<video>/blur_gamma/...) used to be called an 'empty folder'."""
+    _frame_folder(tmp_path / "data" / "v1" / "blur_gamma", 2, 12, 12)
+    _frame_folder(tmp_path / "data" / "v1" / "sharp", 2, 12, 12)
+    assert main(["deblur", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert "pvd eval" in error and "blur_gamma" in error and "empty folder" not in error

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ class VideoResult:
     frames: int
     seconds: float
     outputs: list[Path] = field(default_factory=list)
+    announced_frames: int | None = None  # a video file's frame count as its container states it
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer frames decoded than the container announces (damaged data, a lying header)."""
+        return self.announced_frames is not None and self.frames < self.announced_frames
 
     @property
     def frames_per_second(self) -> float:
@@ -153,7 +160,7 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
                  size_policy: str = "pad", side_by_side: bool = False, format: str | None = None,  # noqa: A002
                  allow_untrained: bool = False, overwrite: bool = False, progress: bool = True,
                  compile: bool = False, crf: int = video_io.DEFAULT_CRF, fps: float | None = None,
-                 tile=None, tile_overlap: int | None = None) -> list[VideoResult]:
+                 tile=None, tile_overlap: int | None = None, strict: bool = False) -> list[VideoResult]:
     """Deblur every video at `input` (video file, frame folder, or folder of those) into `output`.
 
     format: 'png' (a folder of frames), 'mp4', or 'both'; default: 'mp4' if output ends in .mp4, else 'png'.
@@ -162,7 +169,9 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     complete; on error no partial output remains (videos finished before it stay). model: a loaded model,
     else `load_model(weights, allow_untrained=...)`. crf: the h264 quality (`video_io.VideoWriter`); fps: the
     mp4's frame rate (default: the source's exact rate and timestamps, 30 for frame folders). tile,
-    tile_overlap: tiled inference (`pvd.tiling`; None: whole frames). Under torchrun each process deblurs its
+    tile_overlap: tiled inference (`pvd.tiling`; None: whole frames). A video file that decodes to fewer frames
+    than its container announces is written with a warning (`VideoResult.truncated`), or refused with strict
+    (VideoError, its outputs removed). Under torchrun each process deblurs its
     share of the videos (`pvd.sharding`) on its own GPU. Returns one VideoResult per video (this process's).
     """
     input_path, output = Path(input), Path(output)
@@ -199,7 +208,7 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     try:
         for video, frames_dir, mp4_path in plans:
             results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress,
-                                       writer_options))
+                                       writer_options, strict))
     except BaseException:
         for folder in reversed(created):  # the folders this call created, if they stayed empty
             if folder.is_dir() and not any(folder.iterdir()):
@@ -262,7 +271,8 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp4_path, side_by_side: bool,
-                overwrite: bool, progress: bool, writer_options: dict | None = None) -> VideoResult:
+                overwrite: bool, progress: bool, writer_options: dict | None = None,
+                strict: bool = False) -> VideoResult:
     """Deblur one video into its outputs; decoding and encoding run in threads, overlapping the networks."""
     from tqdm import tqdm
 
@@ -295,6 +305,14 @@ def _deblur_one(deblurrer: VideoDeblurrer, video: video_io.Video, frames_dir, mp
                 bar.update(1)
             while writes:
                 writes.popleft().result()
+            if video.frame_paths is None and video.frame_count:  # a video file: did every frame decode?
+                result.announced_frames = video.frame_count
+                if result.truncated:
+                    message = (f"{video.path}: only {result.frames} of the {video.frame_count} frames its container "
+                               f"announces decoded (damaged or truncated video)")
+                    if strict:
+                        raise video_io.VideoError(message + "; refused under --strict")
+                    warnings.warn(message, stacklevel=2)
     finally:
         decoded.close()  # stops the reading thread, also after an error
     result.seconds = time.perf_counter() - start

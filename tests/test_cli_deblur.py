@@ -290,3 +290,27 @@ def test_a_data_set_root_given_to_deblur_points_to_eval(tmp_path, tiny_model, ca
     assert main(["deblur", str(tmp_path / "data"), "-o", str(tmp_path / "out"), "--quiet"]) == 1
     error = capsys.readouterr().err
     assert "pvd eval" in error and "blur_gamma" in error and "empty folder" not in error
+
+
+def _truncated_avi(path, frames=10, keep=0.4):
+    """An MJPG avi whose header announces `frames` frames, cut to its first `keep` of bytes."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_a_damaged_video_is_reported_and_refused_under_strict(tmp_path, tiny_model, capsys):
+    """An avi announcing 10 frames of which 1 decodes used to give exit 0, 1 frame, no word of it."""
+    video = _truncated_avi(tmp_path / "damaged.avi")
+    with pytest.warns(UserWarning, match=r"only 1 of the 10 frames"):
+        assert main(["deblur", str(video), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "TRUNCATED: 1 of 10" in capsys.readouterr().out
+    assert main(["deblur", str(video), "-o", str(tmp_path / "strict"), "--quiet", "--strict"]) == 1
+    error = capsys.readouterr().err
+    assert "only 1 of the 10 frames" in error and "--strict" in error
+    assert not (tmp_path / "strict").exists() and _leftovers(tmp_path) == []

@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "fits the device's free memory")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
                         help=f"pixels shared by neighbouring tiles, blended (None: {tiling.DEFAULT_OVERLAP})")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a video that decodes to fewer frames than its container announces (damaged "
+                             "or truncated) instead of writing what decodes with a warning")
     parser.set_defaults(func=run)
     return parser
 
@@ -48,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.output, weights=args.weights, device=args.device, precision=args.precision,
         size_policy=args.size_policy, side_by_side=args.side_by_side, format=args.format,
         allow_untrained=args.allow_untrained, overwrite=args.overwrite, progress=not args.quiet,
-        compile=args.compile, crf=args.crf, fps=args.fps, tile=args.tile, tile_overlap=args.tile_overlap)
+        compile=args.compile, crf=args.crf, fps=args.fps, tile=args.tile, tile_overlap=args.tile_overlap,
+        strict=args.strict)
     for result in results:
         outputs = ", ".join(str(path) for path in result.outputs)
+        damaged = (f" (TRUNCATED: {result.frames} of {result.announced_frames} announced frames decoded)"
+                   if result.truncated else "")
         print(f"{result.name}: {result.frames} frames in {result.seconds:.1f} s "
-              f"({result.frames_per_second:.2f} frames/s) -> {outputs}")
+              f"({result.frames_per_second:.2f} frames/s) -> {outputs}{damaged}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -64,6 +65,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             _remove(candidate)
             removed.append(candidate)
     return removed
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: 'f2.png' < 'f10.png' (case-insensitive otherwise)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def visible(path: Path) -> bool:
+    """Whether a data file counts: hidden files, Synology '@eaDir' folders and Windows thumbnails do not."""
+    return not path.name.startswith((".", "@")) and path.name != "Thumbs.db"
 
 
 def make_folder(folder: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from .video_io import natural_key
+from ._files import natural_key
 
 T = TypeVar("T")
 # Ranks meet only at the end (eval gathers its scores), after scoring videos of different lengths: wait long.
@@ -34,9 +34,9 @@ GATHER_TIMEOUT = datetime.timedelta(hours=24)
 class Context:
     """rank: this process (0..world_size-1); world_size: processes; local_rank: the process on this machine."""
 
-    rank: int
-    world_size: int
-    local_rank: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
 
     @property
     def distributed(self) -> bool:

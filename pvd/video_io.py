@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import cv2
 import numpy as np
 
 from . import av_codec
-from ._files import atomic_dir, atomic_file
+from ._files import atomic_dir, atomic_file, natural_key, visible
 from .frames import FrameError, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -47,21 +46,14 @@ DEFAULT_CRF = av_codec.DEFAULT_CRF
 VideoError = FrameError  # bad video input or output (a ValueError); the message names the offending file
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders digit runs by value: 'f2.png' < 'f10.png'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def _visible(path: Path) -> bool:
-    return not path.name.startswith((".", "@")) and path.name != "Thumbs.db"
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and _visible(path)
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and visible(path)
 
 
 def _is_video_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and _visible(path)
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and visible(path)
 
 
 @dataclass(frozen=True)
@@ -194,7 +186,7 @@ def find_videos(path: str | os.PathLike) -> list[Video]:
         if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise VideoError(f"{path}: not a video ({', '.join(VIDEO_SUFFIXES)}) nor a frame folder")
         return [open_video_file(path)]
-    entries = sorted((p for p in path.iterdir() if _visible(p)), key=lambda p: natural_key(p.name))
+    entries = sorted((p for p in path.iterdir() if visible(p)), key=lambda p: natural_key(p.name))
     if any(_is_image(p) for p in entries):
         return [open_frame_folder(path)]
     videos = []

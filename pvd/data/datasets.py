@@ -22,7 +22,6 @@ of sigma 1e-4 in [-1, 1] units, the result clipped to the range. Randomness come
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._files import natural_key, visible
 from ..frames import SIGNED_RANGE, SILENT, UNIT_RANGE, check_value_range, read_image, to_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -79,25 +79,17 @@ class FramePair:
     sharp: torch.Tensor | None
 
 
-def natural_key(name: str) -> list:
-    """Sort key ordering digit runs by value: 'f2.png' < 'f10.png'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def _visible(path: Path) -> bool:
-    # Hidden files, Synology '@eaDir' folders and Windows thumbnails are skipped, as in the original.
-    return not path.name.startswith((".", "@")) and path.name != "Thumbs.db"
 
 
 def _files(folder: Path, suffixes: Sequence[str]) -> tuple[Path, ...]:
-    found = [p for p in folder.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() in suffixes]
+    found = [p for p in folder.iterdir() if p.is_file() and visible(p) and p.suffix.lower() in suffixes]
     return tuple(sorted(found, key=lambda p: natural_key(p.name)))
 
 
 def _video_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"data root {str(root)!r} is not a folder")
-    videos = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p)), key=lambda p: natural_key(p.name))
+    videos = sorted((p for p in root.iterdir() if p.is_dir() and visible(p)), key=lambda p: natural_key(p.name))
     if not videos:
         raise ValueError(f"data root {str(root)!r} holds no video folders (expected <root>/<video>/...)")
     return videos

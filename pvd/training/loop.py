@@ -38,6 +38,7 @@ from pvd import weights
 from pvd._files import make_folder
 from pvd.data.datasets import VideoClipDataset
 from pvd.runtime import resolve_device
+from pvd.sharding import Context
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -49,20 +50,11 @@ SAMPLES_DIR = "samples"
 CUBLAS_DETERMINISTIC = ":4096:8"
 
 
-@dataclass
-class Processes:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+@dataclass(frozen=True)
+class Processes(Context):
+    """The training's processes (`pvd.sharding.Context`: rank, world_size, local_rank, distributed, is_main)."""
+
     owns_group: bool = False  # this call initialised the process group and destroys it at the end
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def barrier(self) -> None:
         if self.distributed:

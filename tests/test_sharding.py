@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_ddp import _free_port
 from test_eval import write_gopro
 
 from pvd import sharding, stream
@@ -35,12 +35,6 @@ def _reference_kernels_one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_shards_are_disjoint_complete_sorted_and_deterministic():

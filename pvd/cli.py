@@ -9,7 +9,13 @@ Ctrl-C and SIGTERM print `pvd <command>: interrupted` and exit 130, leaving no p
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# OpenMP threads wait passively (sleep) at barriers, so a busy machine does not make pvd collapse; it must be set
+# before torch (and its OpenMP runtime) loads. See pvd/threads.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import importlib
 import signal
 import sys

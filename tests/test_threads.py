@@ -14,10 +14,23 @@ def _keep_torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cpus, load, expected", [(2, 0.0, 2), (2, 1.0, 1), (2, 0.6, 1), (2, 17.5, 1),
-                                                  (8, 2.4, 6), (1, 0.0, 1), (4, 0.4, 4)])
-def test_default_threads_is_cpus_minus_load(cpus, load, expected):
-    assert threads.default_threads(cpus=cpus, load=load) == expected
+@pytest.mark.parametrize("cpus, expected", [(2, 2), (1, 1), (8, 8), (500, threads.PHYSICAL_THREAD_CAP)])
+def test_default_threads_is_the_available_cpus_capped(cpus, expected):
+    assert threads.default_threads(cpus=cpus) == expected
+
+
+def test_the_cli_makes_openmp_wait_passively_before_torch_loads():
+    """Set by pvd.cli at import, before any torch import in a `pvd` process (checked in a fresh one)."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); import pvd.cli; "
+              "assert 'torch' not in sys.modules, 'torch loaded before the policy was set'; "
+              "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {key: value for key, value in __import__("os").environ.items() if key != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == threads.PASSIVE_WAIT[1]
 
 
 def test_available_cpus_follows_the_affinity_mask():

@@ -155,6 +155,14 @@ def print_banner(env: dict) -> None:
     print("=" * 100)
 
 
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of strings (the first is the header) as left-aligned columns with a dashed line under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def append_rows(csv_path, rows: list[dict]) -> None:
     """Append `rows` to the CSV at `csv_path` (created with a header when new), atomically (temp file + rename).
 

@@ -54,6 +54,7 @@ from _env import (  # noqa: E402
     describe_environment,
     env_columns,
     print_banner,
+    text_table,
 )
 
 from pvd.kernels import correlation, cpu, pixel_volume, reference, warp  # noqa: E402
@@ -437,10 +438,7 @@ def format_table(results: list[Measurement], peak_gbps: float | None, cpu: bool)
         rows.append((r.op, r.size, r.mode, r.provider + (" (CPU)" if cpu else ""), f"{r.median_ms:.4g}",
                      _speedup(results, r, REFERENCE_PROVIDER), _speedup(results, r, ORIGINAL_BASELINE[r.op]),
                      f"{r.gbps:.4g}", peak, f"{r.max_error:.2g}", "ok" if r.check_ok else "MISMATCH"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def _parse_args(argv):

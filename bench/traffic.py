@@ -73,7 +73,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _env import PATH_INTERPRETER, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+from _env import (  # noqa: E402
+    PATH_INTERPRETER, append_rows, describe_environment, env_columns, print_banner, text_table)
 from _meter import TrafficMeter  # noqa: E402
 
 from pvd.kernels import correlation, pixel_volume, warp  # noqa: E402
@@ -343,10 +344,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append((row["op"], row["direction"], row["level"], row["size"], row["design"],
                       f"{row['requested_x']:.2f}", f"{row['l2_x']:.2f}", f"{row['dram_x']:.2f}",
                       f"{row['dram_host_x']:.2f}", f"{row['atomics_per_output']:.2f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text)
+    return text_table(lines)
 
 
 def _parse_args(argv):

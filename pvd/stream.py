@@ -195,12 +195,8 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
         for target in (frames_dir, mp4_path):
             if target is not None and target.exists() and not overwrite:
                 raise video_io.VideoError(f"{target}: output already exists (use overwrite=True / --overwrite)")
-    dev = sharding.rank_device(resolve_device(device))
-    resolve_precision(precision, dev)
-    if model is None:
-        model = load_model(weights, device=dev, allow_untrained=allow_untrained)
-    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy, compile=compile,
-                               tile=tile, tile_overlap=tile_overlap)
+    deblurrer = _deblurrer(model, weights, device, allow_untrained, precision=precision, size_policy=size_policy,
+                           compile=compile, tile=tile, tile_overlap=tile_overlap)
     writer_options = {"crf": crf, "fps": fps}
 
     created = _missing_folders(output.parent if single else output)
@@ -217,6 +213,16 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     return results
 
 
+def _deblurrer(model, weights, device, allow_untrained: bool, precision: str = "auto", **options) -> VideoDeblurrer:
+    """The streaming deblurrer of `model`, else of `load_model(weights, allow_untrained=...)`, on this process's
+    device (its own GPU under torchrun); a bad precision fails before any weights are read."""
+    dev = sharding.rank_device(resolve_device(device))
+    resolve_precision(precision, dev)
+    if model is None:
+        model = load_model(weights, device=dev, allow_untrained=allow_untrained)
+    return VideoDeblurrer(model, device=dev, precision=precision, **options)
+
+
 def _deblur_image(video: video_io.Video, output: Path, *, model, weights, device, precision, size_policy,
                   allow_untrained, overwrite) -> VideoResult:
     """A lone image deblurred into the image file `output` (its format from the suffix), written atomically.
@@ -224,10 +230,7 @@ def _deblur_image(video: video_io.Video, output: Path, *, model, weights, device
     _check_plans([(video, output, None)])
     if output.exists() and not overwrite:
         raise video_io.VideoError(f"{output}: output already exists (use overwrite=True / --overwrite)")
-    dev = resolve_device(device)
-    if model is None:
-        model = load_model(weights, device=dev, allow_untrained=allow_untrained)
-    deblurrer = VideoDeblurrer(model, device=dev, precision=precision, size_policy=size_policy)
+    deblurrer = _deblurrer(model, weights, device, allow_untrained, precision=precision, size_policy=size_policy)
     start = time.perf_counter()
     (frame,) = deblurrer.run(video.frames())
     with atomic_file(output, overwrite=overwrite) as temporary:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _startup  # noqa: F401 - before torch: the pvd CLI's process defaults
 import torch
 import torch.nn.functional as F
 

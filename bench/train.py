@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import _startup  # noqa: F401 - before torch: the pvd CLI's process defaults
 import torch
 import torch.nn.functional as F
 

@@ -9,11 +9,9 @@ Ctrl-C and SIGTERM print `pvd <command>: interrupted` and exit 130, leaving no p
 
 from __future__ import annotations
 
-import os
+from .process_env import apply_defaults
 
-# OpenMP threads wait passively (sleep) at barriers, so a busy machine does not make pvd collapse; it must be set
-# before torch (and its OpenMP runtime) loads. See pvd/threads.py.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+apply_defaults()  # passive OpenMP waiting and huge pages: read by torch when it loads, so before any torch import
 
 import argparse  # noqa: E402
 import importlib

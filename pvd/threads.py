@@ -5,8 +5,9 @@ it stalls the others: on this 2-core machine, 2 threads were up to 15x slower th
 of 64x64 were slower with 2 threads than with 1 even when idle. The rule here:
 
     threads = CPUs available to this process (its affinity mask), at most PHYSICAL_THREAD_CAP, with OpenMP
-              waiting passively (OMP_WAIT_POLICY=PASSIVE, set by the pvd CLI before torch loads; from Python set
-              it yourself before importing torch) so that threads sleep instead of spinning at barriers;
+              waiting passively (OMP_WAIT_POLICY=PASSIVE, set by the pvd CLI before torch loads; from Python call
+              `pvd.process_env.apply_defaults()` before importing torch) so that threads sleep instead of spinning
+              at barriers;
     frames smaller than SMALL_FRAME_PIXELS run on 1 thread (their ops are too small to split);
     inter-op threads: 1 (pvd runs one op at a time).
 
@@ -30,7 +31,6 @@ import torch
 # ran slower with 2 threads than with 1 on a 2-core machine).
 SMALL_FRAME_PIXELS = 160 * 160
 PHYSICAL_THREAD_CAP = 64
-PASSIVE_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads sleep at barriers instead of spinning
 THREAD_ENVIRONMENT = ("PYTORCH_NUM_THREADS", "OMP_NUM_THREADS")
 
 _automatic = False  # whether `configure` chose the count (so a small frame may lower it)

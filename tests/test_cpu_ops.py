@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pvd import kernels
-from pvd.kernels import cpu, reference
+from pvd.kernels import cpu, cpu_native, reference
 
 EXTREME_FLOWS = (1e6, -1e6, 1e30, -1e30, float("nan"), float("inf"), float("-inf"))
 FLOAT64_TOL = 1e-12
@@ -90,8 +90,22 @@ PIXEL_VOLUME_CASES = [(2, 3, 3, 7, 9, 5), (1, 3, 3, 1, 1, 3), (1, 3, 1, 1, 9, 3)
                       (1, 1, 1, 6, 5, 1), (3, 3, 3, 17, 16, 3), (2, 3, 3, 9, 8, 9)]
 
 
+@pytest.fixture(params=["native", "eager"])
+def pixel_volume_path(request, monkeypatch):
+    """Both CPU pixel volumes: the compiled one (numba, pvd.kernels.cpu_native) and the eager fallback."""
+    if request.param == "native" and not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU pixel volume can run")
+    monkeypatch.setattr(cpu_native, "AVAILABLE", request.param == "native")
+    calls = []
+    native = cpu_native.pixel_volume_from_targets
+    monkeypatch.setattr(cpu_native, "pixel_volume_from_targets", lambda *a: calls.append(1) or native(*a))
+    yield request.param
+    assert bool(calls) == (request.param == "native"), "the CPU pixel volume did not take the path under test"
+
+
 @pytest.mark.parametrize("case", PIXEL_VOLUME_CASES, ids=lambda c: "b{}_c{}{}_{}x{}_k{}".format(*c))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.usefixtures("pixel_volume_path")
 def test_pixel_volume_is_bit_identical_to_reference(case, dtype):
     batch, image_channels, fill_channels, height, width, kernel_size = case
     image = torch.rand(batch, image_channels, height, width, dtype=dtype) * 2 - 1
@@ -110,6 +124,7 @@ def test_pixel_volume_is_bit_identical_to_reference(case, dtype):
         torch.testing.assert_close(a, e, atol=tol, rtol=tol, msg=name)
 
 
+@pytest.mark.usefixtures("pixel_volume_path")
 def test_pixel_volume_border_targets_and_non_contiguous_inputs():
     """Targets on and around the [1, W-2] x [1, H-2] border, where truncation and flooring disagree."""
     batch, height, width = 2, 7, 8
@@ -124,6 +139,7 @@ def test_pixel_volume_border_targets_and_non_contiguous_inputs():
     assert torch.equal(cpu.pixel_volume(image, flow, fill, 5), reference.pixel_volume(image, flow, fill, 5))
 
 
+@pytest.mark.usefixtures("pixel_volume_path")
 def test_pixel_volume_is_not_differentiable_in_flow():
     image, fill = torch.rand(1, 3, 5, 6, requires_grad=True), torch.rand(1, 3, 5, 6, requires_grad=True)
     flow = torch.randn(1, 2, 5, 6, requires_grad=True)
@@ -132,11 +148,34 @@ def test_pixel_volume_is_not_differentiable_in_flow():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.usefixtures("pixel_volume_path")
 def test_pixel_volume_low_precision(dtype):
     image, fill = (torch.rand(2, 3, 6, 7) * 2 - 1).to(dtype), (torch.rand(2, 3, 6, 7) * 2 - 1).to(dtype)
     flow = (torch.randn(2, 2, 6, 7) * 3).to(dtype)
     out = cpu.pixel_volume(image, flow, fill, 5)
     assert out.dtype == dtype and torch.equal(out, reference.pixel_volume(image, flow, fill, 5))
+
+
+@pytest.mark.skipif(not cpu_native.AVAILABLE, reason="numba is not installed")
+def test_native_pixel_volume_splits_rows_across_threads():
+    """Row bands on several threads (forward) and per-thread gradient images summed (backward) give the
+    reference's values and gradients."""
+    batch, height, width = 2, 2 * cpu_native.MIN_ROWS_PER_THREAD + 5, 13
+    image = torch.rand(batch, 3, height, width, dtype=torch.float64) * 2 - 1
+    fill = torch.rand(batch, 3, height, width, dtype=torch.float64) * 2 - 1
+    flow = flows_with_extremes(batch, height, width, torch.float64, scale=6.0)
+    grad_out = torch.randn(batch, 25, height, width, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(cpu_native._row_bands(height)) == 2
+        actual = grads(lambda a, f, b: cpu.pixel_volume(a, f, b, 5), (image, flow, fill), (0, 2), grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    expected = grads(lambda a, f, b: reference.pixel_volume(a, f, b, 5), (image, flow, fill), (0, 2), grad_out)
+    assert torch.equal(actual[0], expected[0])
+    for a, e in zip(actual[1:], expected[1:]):
+        torch.testing.assert_close(a, e, atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
 
 
 # ------------------------------------------------------------------------------------------------ correlation

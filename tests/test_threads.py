@@ -19,18 +19,26 @@ def test_default_threads_is_the_available_cpus_capped(cpus, expected):
     assert threads.default_threads(cpus=cpus) == expected
 
 
-def test_the_cli_makes_openmp_wait_passively_before_torch_loads():
-    """Set by pvd.cli at import, before any torch import in a `pvd` process (checked in a fresh one)."""
+def test_the_cli_sets_the_process_defaults_before_torch_loads():
+    """Passive OpenMP waiting and huge pages: set by pvd.cli at import, before any torch import in a `pvd`
+    process (checked in a fresh one), and a value the user set wins."""
+    import os
     import subprocess
     import sys
 
-    script = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); import pvd.cli; "
-              "assert 'torch' not in sys.modules, 'torch loaded before the policy was set'; "
-              "print(os.environ['OMP_WAIT_POLICY'])")
-    env = {key: value for key, value in __import__("os").environ.items() if key != "OMP_WAIT_POLICY"}
+    from pvd.process_env import DEFAULTS
+
+    script = ("import os, sys; import pvd.cli; "
+              "assert 'torch' not in sys.modules, 'torch loaded before the defaults were set'; "
+              f"print(' '.join(os.environ[name] for name in {sorted(DEFAULTS)!r}))")
+    env = {key: value for key, value in os.environ.items() if key not in DEFAULTS}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == threads.PASSIVE_WAIT[1]
+    assert done.stdout.split() == [DEFAULTS[name] for name in sorted(DEFAULTS)]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**env, "THP_MEM_ALLOC_ENABLE": "0"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[sorted(DEFAULTS).index("THP_MEM_ALLOC_ENABLE")] == "0"
 
 
 def test_available_cpus_follows_the_affinity_mask():

@@ -6,8 +6,9 @@ for speed on a CPU; they are device-agnostic PyTorch and differentiable:
 - `warp`: `F.grid_sample(bilinear, zeros, align_corners=True)` on the normalised grid, after the reference's
   sanitising (non-finite flow -> a point whose four taps are all outside; far coordinates clamped to a band
   where they still are). Values equal the reference up to the normalisation's rounding (~1e-7 relative).
-- `pixel_volume`: one `index_select` of all k*k candidates from [gray(image), gray(fill), 0] with indices
-  built in a few integer ops; bit-identical to the reference (a selection of the same gray values).
+- `pixel_volume`: the integer targets in a few tensor ops, then one compiled gather pass (`cpu_native`, numba)
+  or, without numba, an eager formulation (one nearest `grid_sample` over the k*k shifted gray images and one
+  `where`); bit-identical to the reference either way (a selection of the same gray values).
 - `correlation`: per displacement row a batched matmul over channels of x-tiles of f1 against the
   overlapping x-windows of f2 (a strided view, no copy), with a custom backward of the same shape.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import cpu_native, reference
 from .reference import acc_dtype
 
 # Width (in output pixels) of the x-tiles of the correlation's batched matmul: (T x C) @ (C x (T + 2d)).
@@ -83,7 +84,8 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     image, fill (B, 3 or 1, H, W); flow (B, 2, H, W) pixels -> (B, k*k, H, W), channel (i+h)*k + (j+h).
     Differentiable w.r.t. image and fill, not flow. out_dtype / channels_last: as `reference.pixel_volume`.
 
-    At every neighbour q one nearest-neighbour `grid_sample` at q's integer target reads all k*k candidates
+    With numba installed, the gather is one compiled pass (`pvd.kernels.cpu_native`). Otherwise, eagerly:
+    at every neighbour q one nearest-neighbour `grid_sample` at q's integer target reads all k*k candidates
     from the k*k shifted copies of the gray image (an unfold); a mask says which candidates are in the
     interior. Both are laid out on a grid padded by h, so that candidate (i, j) of pixel p, which belongs
     to q = p - (j, i), is a strided view; padding points sample outside (0) and count as valid, which gives
@@ -95,19 +97,13 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     dtype = image.dtype
     gray_image = reference.to_gray(image.to(acc_dtype(dtype)))
     gray_fill = reference.to_gray(fill.to(acc_dtype(dtype)))
-
-    # The reference's target arithmetic (same float ops, so the same integers). Targets are then clamped to
-    # [-h, size - 1 + h], where every candidate outside the interior [1, size - 2] stays outside; a
-    # non-finite flow (either component) takes the low end, whose candidates are all outside (the
-    # reference's "not finite -> fill").
     flow = flow.detach().to(acc_dtype(dtype))
-    low = -half - 2.0
-    xs = torch.arange(width, device=flow.device, dtype=flow.dtype)
-    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(height, 1)
-    target_x = torch.nan_to_num(xs + flow[:, 0], nan=low, posinf=low, neginf=low)
-    target_y = torch.nan_to_num(ys + flow[:, 1], nan=low, posinf=low, neginf=low)
-    target_x = target_x.clamp_(low, width + half + 2.0).trunc_().clamp_(-half, width - 1 + half)  # (B, H, W)
-    target_y = target_y.clamp_(low, height + half + 2.0).trunc_().clamp_(-half, height - 1 + half)
+    target_x, target_y = _pixel_volume_targets(flow, half)
+    if cpu_native.AVAILABLE and flow.device.type == "cpu" and gray_image.dtype in (torch.float32, torch.float64) \
+            and gray_fill.dtype == gray_image.dtype:
+        out = cpu_native.pixel_volume_from_targets(gray_image[:, 0], gray_fill[:, 0], target_x.to(torch.int32),
+                                                   target_y.to(torch.int32), k)
+        return reference.volume_format(out.to(dtype), out_dtype, channels_last)
 
     # Candidate (i, j) of q is copy (j, i) of the unfold at (target_y + h, target_x + h).
     extended = F.pad(gray_image, (2 * half,) * 4)
@@ -135,6 +131,25 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
                              (k * k * plane, k * plane - 1, plane - padded_w, padded_w, 1), start)
     out = torch.where(valid, candidates, gray_fill.unsqueeze(1))
     return reference.volume_format(out.view(batch, k * k, height, width).to(dtype), out_dtype, channels_last)
+
+
+def _pixel_volume_targets(flow: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W) integer-valued targets trunc(x + flow_x), trunc(y + flow_y) of every pixel, in flow's dtype.
+
+    The reference's target arithmetic (same float ops, so the same integers), then clamped to
+    [-h, size - 1 + h], where every candidate outside the interior [1, size - 2] stays outside; a non-finite
+    flow (either component) takes the low end, whose candidates are all outside (the reference's
+    "not finite -> fill").
+    """
+    _, _, height, width = flow.shape
+    low = -half - 2.0
+    xs = torch.arange(width, device=flow.device, dtype=flow.dtype)
+    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(height, 1)
+    target_x = torch.nan_to_num(xs + flow[:, 0], nan=low, posinf=low, neginf=low)
+    target_y = torch.nan_to_num(ys + flow[:, 1], nan=low, posinf=low, neginf=low)
+    target_x = target_x.clamp_(low, width + half + 2.0).trunc_().clamp_(-half, width - 1 + half)
+    target_y = target_y.clamp_(low, height + half + 2.0).trunc_().clamp_(-half, height - 1 + half)
+    return target_x, target_y
 
 
 # --------------------------------------------------------------------------------------------- correlation

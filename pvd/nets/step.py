@@ -44,6 +44,7 @@ SIZE_POLICIES = ("pad", "original")
 FLOW_SIZE_MULTIPLE = 32  # BIMNet: five stride-2 stages
 DEBLUR_SIZE_MULTIPLE = 4  # PVDNet: two stride-2 stages
 PIXEL_VOLUME_KERNEL = 5  # 5 x 5 candidates = PVDNet's 25 input channels
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps")  # others (e.g. meta, for FLOP counting) have no autocast
 CHANNELS_LAST_BY_DEFAULT = True  # `place`: the networks' memory format when the caller does not say
 PAD_MODE = "replicate"
 
@@ -159,7 +160,7 @@ def _volume_dtype(device: torch.device, autocast_dtype: torch.dtype | None) -> t
     autocast (asked for here, or already enabled by the caller for this device), else None (float32)."""
     if autocast_dtype is not None:
         return autocast_dtype
-    if torch.is_autocast_enabled(device.type):
+    if device.type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 

@@ -90,17 +90,27 @@ PIXEL_VOLUME_CASES = [(2, 3, 3, 7, 9, 5), (1, 3, 3, 1, 1, 3), (1, 3, 1, 1, 9, 3)
                       (1, 1, 1, 6, 5, 1), (3, 3, 3, 17, 16, 3), (2, 3, 3, 9, 8, 9)]
 
 
-@pytest.fixture(params=["native", "eager"])
-def pixel_volume_path(request, monkeypatch):
-    """Both CPU pixel volumes: the compiled one (numba, pvd.kernels.cpu_native) and the eager fallback."""
+def run_on_path(request, monkeypatch, entry: str):
+    """Make pvd.kernels.cpu take the compiled path (numba, pvd.kernels.cpu_native) or the eager fallback, as
+    request.param says, and check at the end that it took it (a spy on cpu_native's entry point)."""
     if request.param == "native" and not cpu_native.AVAILABLE:
-        pytest.skip("numba is not installed: only the eager CPU pixel volume can run")
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
     monkeypatch.setattr(cpu_native, "AVAILABLE", request.param == "native")
     calls = []
-    native = cpu_native.pixel_volume_from_targets
-    monkeypatch.setattr(cpu_native, "pixel_volume_from_targets", lambda *a: calls.append(1) or native(*a))
+    native = getattr(cpu_native, entry)
+    monkeypatch.setattr(cpu_native, entry, lambda *a: calls.append(1) or native(*a))
     yield request.param
-    assert bool(calls) == (request.param == "native"), "the CPU pixel volume did not take the path under test"
+    assert bool(calls) == (request.param == "native"), f"the CPU op did not take the {request.param} path"
+
+
+@pytest.fixture(params=["native", "eager"])
+def pixel_volume_path(request, monkeypatch):
+    yield from run_on_path(request, monkeypatch, "pixel_volume_from_targets")
+
+
+@pytest.fixture(params=["native", "eager"])
+def correlation_path(request, monkeypatch):
+    yield from run_on_path(request, monkeypatch, "correlation_of_samples")
 
 
 @pytest.mark.parametrize("case", PIXEL_VOLUME_CASES, ids=lambda c: "b{}_c{}{}_{}x{}_k{}".format(*c))
@@ -188,6 +198,7 @@ CORRELATION_CASES = [(2, 5, 7, 9, 3, 1), (1, 3, 11, 6, 3, 2), (2, 4, 1, 1, 2, 1)
 
 @pytest.mark.parametrize("case", CORRELATION_CASES, ids=lambda c: "b{}_c{}_{}x{}_d{}_s{}".format(*c))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.usefixtures("correlation_path")
 def test_correlation_matches_reference(case, dtype):
     batch, channels, height, width, d, s = case
     f1, f2 = torch.randn(2, batch, channels, height, width, dtype=dtype).unbind(0)
@@ -205,6 +216,7 @@ def test_correlation_matches_reference(case, dtype):
         torch.testing.assert_close(a.double(), e, atol=tol, rtol=tol, msg=name)
 
 
+@pytest.mark.usefixtures("correlation_path")
 def test_correlation_non_contiguous_inputs():
     f1 = torch.randn(2, 4, 10, 11, dtype=torch.float64).transpose(1, 2)[:, ::2]  # (2, 5, 4, 11) strided
     assert not f1.is_contiguous()
@@ -214,6 +226,7 @@ def test_correlation_non_contiguous_inputs():
 
 
 @pytest.mark.parametrize("d, s", [(3, 1), (2, 2)])
+@pytest.mark.usefixtures("correlation_path")
 def test_correlation_gradcheck(d, s):
     f1 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
     f2 = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
@@ -221,6 +234,7 @@ def test_correlation_gradcheck(d, s):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.usefixtures("correlation_path")
 def test_correlation_low_precision(dtype):
     f1, f2 = (torch.randn(2, 1, 6, 5, 7) * 0.5).to(dtype).unbind(0)
     out = cpu.correlation(f1, f2, 2, 1)
@@ -230,6 +244,25 @@ def test_correlation_low_precision(dtype):
 
 
 # ------------------------------------------------------------------------------------------------------ dispatch
+
+@pytest.mark.skipif(not cpu_native.AVAILABLE, reason="numba is not installed")
+def test_native_correlation_splits_rows_and_channels_across_threads():
+    """Forward bands of image rows and backward bands of channels on several threads give the reference's values
+    and gradients."""
+    f1 = torch.randn(2, 2 * cpu_native.MIN_CHANNELS_PER_THREAD + 3, 9, 11, dtype=torch.float64)
+    f2 = torch.randn_like(f1)
+    grad_out = torch.randn(2, 25, 9, 11, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(cpu_native._bands(f1.shape[1], cpu_native.MIN_CHANNELS_PER_THREAD)) == 2
+        actual = grads(lambda a, b: cpu.correlation(a, b, 2, 1), (f1, f2), (0, 1), grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    expected = grads(lambda a, b: reference.correlation(a, b, 2, 1), (f1, f2), (0, 1), grad_out)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
+
 
 def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -9,8 +9,9 @@ for speed on a CPU; they are device-agnostic PyTorch and differentiable:
 - `pixel_volume`: the integer targets in a few tensor ops, then one compiled gather pass (`cpu_native`, numba)
   or, without numba, an eager formulation (one nearest `grid_sample` over the k*k shifted gray images and one
   `where`); bit-identical to the reference either way (a selection of the same gray values).
-- `correlation`: per displacement row a batched matmul over channels of x-tiles of f1 against the
-  overlapping x-windows of f2 (a strided view, no copy), with a custom backward of the same shape.
+- `correlation`: with numba, compiled multiply-add loops along image rows (`cpu_native`); otherwise per
+  displacement row a batched matmul over channels of x-tiles of f1 against the overlapping x-windows of f2
+  (a strided view, no copy), with a custom backward of the same shape.
 """
 
 from __future__ import annotations
@@ -159,8 +160,12 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     """LiteFlowNet cost volume, as `reference.correlation`: f1, f2 (B, C, H, W) ->
     (B, D*D, ceil(H/s), ceil(W/s)), D = 2*max_displacement + 1, the mean over channels of f1 * shifted f2."""
     dtype = f1.dtype
-    out = _Correlation.apply(f1.to(acc_dtype(dtype)), f2.to(acc_dtype(dtype)), max_displacement, stride)
-    return out.to(dtype)
+    f1, f2 = f1.to(acc_dtype(dtype)), f2.to(acc_dtype(dtype))
+    if cpu_native.AVAILABLE and f1.device.type == "cpu" and f1.dtype in (torch.float32, torch.float64) \
+            and f2.dtype == f1.dtype:
+        samples = f1[:, :, ::stride, ::stride], f2[:, :, ::stride, ::stride]
+        return cpu_native.correlation_of_samples(*samples, max_displacement).to(dtype)
+    return _Correlation.apply(f1, f2, max_displacement, stride).to(dtype)
 
 
 class _CorrelationLayout:

@@ -264,6 +264,21 @@ def test_native_correlation_splits_rows_and_channels_across_threads():
         torch.testing.assert_close(a, e, atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
 
 
+@pytest.mark.usefixtures("correlation_path")
+def test_correlation_output_can_be_modified_in_place_under_autograd():
+    """LiteFlowNet applies an in-place leaky ReLU to the cost volume: the output must not be a view."""
+    f1, f2 = torch.randn(1, 4, 6, 7, requires_grad=True), torch.randn(1, 4, 6, 7, requires_grad=True)
+    torch.nn.functional.leaky_relu_(cpu.correlation(f1, f2, 2, 1), 0.1).sum().backward()
+    assert f1.grad is not None and f2.grad is not None
+
+
+@pytest.mark.usefixtures("pixel_volume_path")
+def test_pixel_volume_output_can_be_modified_in_place_under_autograd():
+    image, fill = torch.rand(1, 3, 5, 6, requires_grad=True), torch.rand(1, 3, 5, 6, requires_grad=True)
+    cpu.pixel_volume(image, torch.randn(1, 2, 5, 6), fill, 3).mul_(2).sum().backward()
+    assert image.grad is not None and fill.grad is not None
+
+
 def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     calls = []

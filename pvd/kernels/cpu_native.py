@@ -233,12 +233,13 @@ class _Correlation(torch.autograd.Function):
     def forward(ctx, a, g, max_displacement):
         batch, channels, height, width = a.shape
         size = 2 * max_displacement + 1
-        out = a.new_zeros(batch, size, size, height, width)
+        out = a.new_zeros(batch, size * size, height, width)  # not a view: callers may modify it in place
         arrays = (_array(a), _array(g), max_displacement)
-        _run_bands(_correlate, [(*arrays, start, stop, out.numpy()) for start, stop in _bands(height, 1)])
+        out_array = out.numpy().reshape(batch, size, size, height, width)
+        _run_bands(_correlate, [(*arrays, start, stop, out_array) for start, stop in _bands(height, 1)])
         ctx.save_for_backward(a, g)
         ctx.max_displacement = max_displacement
-        return out.view(batch, size * size, height, width).div_(channels)
+        return out.div_(channels)
 
     @staticmethod
     def backward(ctx, grad_out):

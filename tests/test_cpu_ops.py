@@ -279,6 +279,28 @@ def test_pixel_volume_output_can_be_modified_in_place_under_autograd():
     assert image.grad is not None and fill.grad is not None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the ops register at import, by design")
+def test_a_cpu_only_process_registers_the_triton_ops_only_when_they_run():
+    """Outside the interpreter and without CUDA, importing and running the ops on CPU tensors loads none of
+    torch's compiler stack (registering a triton_op costs ~1 s of imports); the op registers on first use."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "import pvd.kernels as k\n"
+        "x, flow = torch.randn(1, 3, 6, 7), torch.randn(1, 2, 6, 7)\n"
+        "k.correlation(x, x, 1, 1); k.warp(x, flow); k.pixel_volume(x, flow, x)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'the compiler stack was loaded'\n"
+        "assert not hasattr(torch.ops.pvd, 'correlation')\n"
+        "sys.modules['pvd.kernels.correlation']._correlation_op.op()\n"
+        "assert hasattr(torch.ops.pvd, 'correlation')\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     calls = []

@@ -34,6 +34,52 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and interpreting()
 
 
+class LazyTritonOp:
+    """A `torch.library.triton_op` that is registered (with its fake and autograd rules) when first called, or at
+    once by `register_now_if_servable()` where Triton can serve tensors (CUDA, or the interpreter).
+
+    Registering a triton_op imports torch's compiler stack (about 1 s); a CPU-only process that never runs a
+    Triton kernel (the CPU ops serve its tensors) skips that. Usage mirrors triton_op's:
+    `@LazyTritonOp.define(name, mutates_args={})`, then `op.register_fake(fn)`, `op.register_autograd(...)`.
+    """
+
+    def __init__(self, name: str, function, mutates_args):
+        self.name, self.function, self.mutates_args = name, function, mutates_args
+        self._fake = self._autograd = self._op = None
+
+    @classmethod
+    def define(cls, name: str, mutates_args):
+        return lambda function: cls(name, function, mutates_args)
+
+    def register_fake(self, function):
+        self._fake = function
+        return function
+
+    def register_autograd(self, backward, setup_context) -> None:
+        self._autograd = (backward, setup_context)
+
+    def op(self):
+        """The registered custom op (registering it now if needed)."""
+        if self._op is None:
+            from torch.library import triton_op
+
+            op = triton_op(self.name, mutates_args=self.mutates_args)(self.function)
+            if self._fake is not None:
+                op.register_fake(self._fake)
+            if self._autograd is not None:
+                op.register_autograd(self._autograd[0], setup_context=self._autograd[1])
+            self._op = op
+        return self._op
+
+    def __call__(self, *args):
+        return self.op()(*args)
+
+    def register_now_if_servable(self) -> None:
+        """Register at import where Triton kernels can run (so torch.compile sees an ordinary custom op)."""
+        if HAS_TRITON and (interpreting() or torch.cuda.is_available()):
+            self.op()
+
+
 def check_tensor(name: str, tensor, ndim: int, channels: int | tuple[int, ...] | None = None) -> None:
     """Raise ValueError unless `tensor` is a floating tensor of rank `ndim` (and the given channel count)."""
     if not isinstance(tensor, torch.Tensor):

@@ -29,11 +29,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from . import _correlation_legacy as legacy
 from . import cpu  # the CPU fallback (outside the Triton interpreter)
-from ._common import check_correlation_args, tl_acc_dtype, use_triton
+from ._common import LazyTritonOp, check_correlation_args, tl_acc_dtype, use_triton
 
 KERNEL_ENV = "PVD_CORRELATION_KERNEL"
 KERNEL_DESIGNS = ("tiled", "legacy")
@@ -226,7 +226,7 @@ def _tiled_backward(f1, f2, grad_out, max_displacement, stride, grad_f1, grad_f2
             **constexprs, WRT_F2=wrt_f2, num_warps=BACKWARD_WARPS)
 
 
-@triton_op("pvd::correlation", mutates_args={})
+@LazyTritonOp.define("pvd::correlation", mutates_args={})
 def _correlation_op(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int, stride: int,
                     design: str) -> torch.Tensor:
     batch, _, height, width = f1.shape
@@ -237,7 +237,7 @@ def _correlation_op(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int, s
     return out
 
 
-@triton_op("pvd::correlation_backward", mutates_args={})
+@LazyTritonOp.define("pvd::correlation_backward", mutates_args={})
 def _correlation_backward_op(f1: torch.Tensor, f2: torch.Tensor, grad_out: torch.Tensor, max_displacement: int,
                              stride: int, design: str) -> tuple[torch.Tensor, torch.Tensor]:
     # The tiled kernels write every entry; the legacy ones only the stride grid (off it the gradients are 0).
@@ -277,6 +277,8 @@ def _backward(ctx, grad_out):
 
 
 _correlation_op.register_autograd(_backward, setup_context=_setup_context)
+_correlation_op.register_now_if_servable()
+_correlation_backward_op.register_now_if_servable()
 
 
 def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, stride: int = 1) -> torch.Tensor:

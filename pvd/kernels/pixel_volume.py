@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from . import reference
 from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
+    LazyTritonOp,
     DEFAULT_KERNEL_SIZE,
     acc_dtype,
     check_pixel_volume_args,
@@ -285,7 +286,7 @@ def _gray_source(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int
     return gray, (gray.stride(0), gray.stride(2), gray.stride(3))
 
 
-@triton_op("pvd::pixel_volume", mutates_args={})
+@LazyTritonOp.define("pvd::pixel_volume", mutates_args={})
 def _pixel_volume_op(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int,
                      out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     batch, _, height, width = image.shape
@@ -308,7 +309,7 @@ def _empty_volume(image: torch.Tensor, kernel_size: int, out_dtype: torch.dtype,
                        memory_format=memory_format)
 
 
-@triton_op("pvd::pixel_volume_backward", mutates_args={})
+@LazyTritonOp.define("pvd::pixel_volume_backward", mutates_args={})
 def _pixel_volume_backward_op(flow: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, image_channels: int,
                               fill_channels: int, need_image_grad: bool,
                               need_fill_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,6 +368,8 @@ def _backward(ctx, grad_out):
 
 
 _pixel_volume_op.register_autograd(_backward, setup_context=_setup_context)
+_pixel_volume_op.register_now_if_servable()
+_pixel_volume_backward_op.register_now_if_servable()
 
 
 def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor,

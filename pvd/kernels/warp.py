@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from . import cpu  # the CPU fallback (outside the Triton interpreter)
 from ._common import (
+    LazyTritonOp,
     acc_dtype,
     check_warp_args,
     pixel_grid,
@@ -161,7 +162,7 @@ def _warp_backward_kernel(
     tl.store(grad_flow_base + H * W, grad_fy, mask=in_range)
 
 
-@triton_op("pvd::warp", mutates_args={})
+@LazyTritonOp.define("pvd::warp", mutates_args={})
 def _warp_op(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     out = torch.empty((batch, channels, height, width), device=x.device, dtype=x.dtype)
@@ -171,7 +172,7 @@ def _warp_op(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@triton_op("pvd::warp_backward", mutates_args={})
+@LazyTritonOp.define("pvd::warp_backward", mutates_args={})
 def _warp_backward_op(x: torch.Tensor, flow: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = x.shape
     acc = acc_dtype(x.dtype)
@@ -207,6 +208,8 @@ def _backward(ctx, grad_out):
 
 
 _warp_op.register_autograd(_backward, setup_context=_setup_context)
+_warp_op.register_now_if_servable()
+_warp_backward_op.register_now_if_servable()
 
 
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

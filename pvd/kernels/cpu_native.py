@@ -37,10 +37,8 @@ except ImportError:  # optional: pvd.kernels.cpu falls back to its eager PyTorch
     numba = None
 
 AVAILABLE = numba is not None
-MIN_ROWS_PER_THREAD = 32  # smaller row bands are not worth a thread
-
-
-MIN_CHANNELS_PER_THREAD = 8
+MIN_ROWS_PER_THREAD = 32  # pixel volume: smaller row bands are not worth a thread
+MIN_CHANNELS_PER_THREAD = 8  # correlation backward
 
 
 def _compiled(function):
@@ -138,7 +136,9 @@ def _run_bands(function, calls: list[tuple]) -> None:
     if len(calls) == 1:
         function(*calls[0])
         return
-    pool = _POOL.setdefault(len(calls), ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="pvd-pv"))
+    pool = _POOL.get(len(calls))
+    if pool is None:
+        pool = _POOL[len(calls)] = ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="pvd-cpu")
     pending = [pool.submit(function, *arguments) for arguments in calls[1:]]
     function(*calls[0])
     for future in pending:

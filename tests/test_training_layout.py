@@ -1,0 +1,96 @@
+"""CPU training runs its networks in channels_last (`run.channels_last`, default "auto" = on CPU only) and
+learns exactly what the default (contiguous) layout learns, up to the convolutions' summation order.
+
+Runs on the CPU with the PyTorch kernels (TRITON_INTERPRET=0), one thread, on tiny random clips.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pvd.training import load_config, stages
+
+SIZE = 32
+BATCH = 2
+LOSS_RTOL = 1e-4  # the losses of the two layouts; float32 convolutions summing in another order
+PARAM_ATOL = 1e-5  # the trained weights after a few steps (their scale is ~0.1)
+
+
+@pytest.fixture(autouse=True)
+def _reference_kernels_one_thread(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(stage: str, *extra: str):
+    return load_config(None, [
+        f"run.stage='{stage}'", "run.device='cpu'", "run.precision='fp32'", "model.bimnet_weights='random'",
+        f"data.crop={SIZE}", f"data.batch_size={BATCH}", "optim.lr=1e-3", *extra])
+
+
+def _clip(frames: int) -> dict:
+    """Random smooth frames in [-1, 1]: blurry (B, T, 3, H, W) and a slightly shifted sharp clip."""
+    generator = torch.Generator().manual_seed(1)
+    coarse = torch.rand(BATCH * frames, 3, 8, 8, generator=generator)
+    frames_ = nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    blurry = (frames_ * 2 - 1).unflatten(0, (BATCH, frames))
+    return {"blurry": blurry, "sharp": blurry.roll(1, dims=-1) * 0.9}
+
+
+def _conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def _is_channels_last(weight: torch.Tensor) -> bool:
+    """channels_last and not also contiguous (as weights with one input channel or 1x1 taps are)."""
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def _build(stage: str, layout: str) -> stages.Trainer:
+    torch.manual_seed(0)
+    return stages.build_trainer(_config(stage, f"run.channels_last='{layout}'"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("stage, frames", [("pvdnet", 4), ("bimnet", 3)])
+def test_cpu_training_is_channels_last_and_learns_as_contiguous(stage, frames):
+    default, contiguous = _build(stage, "auto"), _build(stage, "off")
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(default.model))
+    assert sum(_is_channels_last(w) for w in _conv_weights(default.model)) > 10  # not only 1-channel weights
+    assert all(w.is_contiguous() for w in _conv_weights(contiguous.model))
+    for key, value in contiguous.model.state_dict().items():  # same init, only the layout differs
+        assert torch.equal(default.model.state_dict()[key], value), key
+
+    batch = _clip(frames)
+    records_default = default.train_clip(batch) + default.train_clip(batch)
+    records_contiguous = contiguous.train_clip(batch) + contiguous.train_clip(batch)
+    assert len(records_default) == len(records_contiguous) == 2 * (frames - 2 if stage == "pvdnet" else frames - 1)
+    for got, want in zip(records_default, records_contiguous):
+        assert got["loss"] == pytest.approx(want["loss"], rel=LOSS_RTOL)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=LOSS_RTOL)
+    assert records_default[-1]["loss"] != records_default[0]["loss"]  # it did train
+    trained = contiguous.model.state_dict()
+    for key, value in default.model.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=PARAM_ATOL, msg=key)
+
+
+def test_checkpoints_move_between_layouts():
+    default, contiguous = _build("pvdnet", "auto"), _build("pvdnet", "off")
+    default.train_clip(_clip(3))
+    contiguous.load_state_dict(default.state_dict())
+    for key, value in default.model.state_dict().items():
+        assert torch.equal(contiguous.model.state_dict()[key], value), key
+    assert all(w.is_contiguous() for w in _conv_weights(contiguous.model))  # the layout stays its own
+    assert contiguous.step == default.step == 1
+
+
+def test_channels_last_setting_is_checked():
+    assert not _build("pvdnet", "off").channels_last and _build("pvdnet", "on").channels_last
+    assert stages._use_channels_last("auto", torch.device("cpu"))
+    assert not stages._use_channels_last("auto", torch.device("cuda"))  # CUDA training keeps PyTorch's default
+    with pytest.raises(ValueError, match="run.channels_last"):
+        _config("pvdnet", "run.channels_last='yes'")

@@ -94,3 +94,31 @@ def test_channels_last_setting_is_checked():
     assert not stages._use_channels_last("auto", torch.device("cuda"))  # CUDA training keeps PyTorch's default
     with pytest.raises(ValueError, match="run.channels_last"):
         _config("pvdnet", "run.channels_last='yes'")
+
+
+def test_bimnet_channels_last_gradients_match_contiguous():
+    """BIMNet's layout guards (`_cat_channels`, `_grads_in`) change where copies happen, not what is computed:
+    the blur-invariant loss and every parameter's gradient match the contiguous network's, and the
+    gradients come back in the parameters' own layout."""
+    from pvd.nets import BIMNet
+    from pvd.nets.bimnet import init_for_training
+    from pvd.training.losses import blur_invariant_loss
+
+    torch.manual_seed(3)
+    contiguous = BIMNet()
+    init_for_training(contiguous)
+    channels_last = BIMNet()
+    channels_last.load_state_dict(contiguous.state_dict())
+    channels_last.to(memory_format=torch.channels_last)
+    frames = [torch.rand(1, 3, 2 * SIZE, 2 * SIZE) * 2 - 1 for _ in range(4)]  # every level larger than 1x1
+    losses = {}
+    for name, net in (("contiguous", contiguous), ("channels_last", channels_last)):
+        loss, _ = blur_invariant_loss(net, *frames)
+        loss.backward()
+        losses[name] = loss.item()
+    assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=LOSS_RTOL)
+    grads = dict(contiguous.named_parameters())
+    for key, param in channels_last.named_parameters():
+        want = grads[key].grad
+        assert param.grad is not None and param.grad.stride() == param.stride(), key
+        torch.testing.assert_close(param.grad, want, rtol=1e-3, atol=1e-4 * want.abs().max().item(), msg=key)

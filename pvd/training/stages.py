@@ -55,9 +55,10 @@ def load_pvdnet(path: str | Path, large: bool) -> PVDNet:
 
 
 def _use_channels_last(setting: str, device: torch.device) -> bool:
-    """run.channels_last: "on", "off", or "auto" (on for CPU training, where the convolutions, forward and
-    backward, run 10-25% faster in it; off on CUDA, whose training keeps PyTorch's default layout)."""
-    return setting == "on" or (setting == "auto" and device.type == "cpu")
+    """run.channels_last: "on", "off", or "auto": on for CPU training (where the convolutions, forward and
+    backward, run 10-25% faster in it) unless `pvd.nets.step.CHANNELS_LAST_BY_DEFAULT` is off, as inference
+    places the networks; off on CUDA, whose training keeps PyTorch's default layout."""
+    return setting == "on" or (setting == "auto" and device.type == "cpu" and deblurring.CHANNELS_LAST_BY_DEFAULT)
 
 
 class Trainer:

@@ -256,7 +256,8 @@ class Regularization(nn.Module):
         """(B, 1, h, w) -> (B, k*k, h, w) in `layout`: zero-padded k x k neighbourhood, channel = dy * k + dx."""
         k = KERNEL_SIZE[self.level]
         patches = F.unfold(component, kernel_size=k, padding=k // 2)
-        return einops.rearrange(patches, "b kk (h w) -> b kk h w", h=component.shape[2]).contiguous(memory_format=layout)
+        neighbours = einops.rearrange(patches, "b kk (h w) -> b kk h w", h=component.shape[2])
+        return neighbours.contiguous(memory_format=layout)
 
 
 class BIMNet(nn.Module):

@@ -122,3 +122,47 @@ def test_bimnet_channels_last_gradients_match_contiguous():
         want = grads[key].grad
         assert param.grad is not None and param.grad.stride() == param.stride(), key
         torch.testing.assert_close(param.grad, want, rtol=1e-3, atol=1e-4 * want.abs().max().item(), msg=key)
+
+
+class _Opaque(nn.Module):
+    """BIMNet behind a wrapper the loss does not recognise: it then stacks every pair's frames (no sharing)."""
+
+    def __init__(self, bimnet: nn.Module):
+        super().__init__()
+        self.inner = bimnet
+
+    def forward(self, image1, image2, all_levels=False):
+        return self.inner(image1, image2, all_levels=all_levels)
+
+
+@pytest.mark.parametrize("pairs", [("bb", "bs", "sb", "ss"), ("bb", "bs", "ss")])
+def test_shared_pyramids_give_the_stacked_pairs_loss_and_gradients(pairs):
+    """The four default pairings use each frame twice; BIMNet's `pairs` computes each frame's pyramid once.
+    Loss (with the multi-scale EPE, which takes every level) and gradients equal the stacked pairs'."""
+    from pvd.nets import BIMNet
+    from pvd.nets.bimnet import init_for_training
+    from pvd.training import losses
+
+    torch.manual_seed(4)
+    bimnet = BIMNet()
+    init_for_training(bimnet)
+    frames = [torch.rand(2, 3, SIZE, SIZE) * 2 - 1 for _ in range(4)]
+    assert losses._shared_frames(*frames, pairs) is not None  # this pairing does share frames
+    gt_flow = torch.randn(2, 2, SIZE, SIZE)
+    results = []
+    for net in (bimnet, _Opaque(bimnet)):
+        bimnet.zero_grad()
+        total, parts = losses.blur_invariant_loss(net, *frames, gt_flow=gt_flow, epe_weight=0.5, multiscale=True,
+                                                  pairs=pairs)
+        total.backward()
+        results.append((parts, {key: p.grad.clone() for key, p in bimnet.named_parameters()}))
+    (shared_parts, shared_grads), (stacked_parts, stacked_grads) = results
+    for key, value in stacked_parts.items():
+        assert shared_parts[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    for key, want in stacked_grads.items():
+        # the pyramid sums each frame's two gradients before its backward, not after: float32 reordering
+        torch.testing.assert_close(shared_grads[key], want, rtol=1e-4, atol=2e-5 * want.abs().max().item(), msg=key)
+    flows = losses.blur_invariant_flows(bimnet, *frames, pairs=pairs)
+    stacked = losses.blur_invariant_flows(_Opaque(bimnet), *frames, pairs=pairs)
+    for pair in pairs:
+        torch.testing.assert_close(flows[pair], stacked[pair], rtol=1e-5, atol=1e-5)

@@ -284,16 +284,24 @@ class BIMNet(nn.Module):
         self.subpixel = nn.ModuleDict({f"level{level}": Subpixel(level) for level in LEVELS})
         self.regularization = nn.ModuleDict({f"level{level}": Regularization(level) for level in LEVELS})
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor,
-                all_levels: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, all_levels: bool = False,
+                pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | dict[int, torch.Tensor]:
         """all_levels=True: {level L: (B, 2, H / 2**(L-1), W / 2**(L-1))} for every decoder level, each in
         pixels of the full-resolution input (the internal flow of every level times 20; used for multi-scale
-        supervision). Otherwise the level-2 flow (see the class docstring)."""
+        supervision). Otherwise the level-2 flow (see the class docstring).
+
+        pairs = (index1, index2), int64 (P,): image1 and image2 hold distinct frames, and flow p (of P) goes
+        from image1[index1[p]] to image2[index2[p]]; each frame's pyramid is then computed once however many
+        pairs it is in (the blur-invariant loss pairs every frame twice)."""
         _check_images(image1, image2)
         features1 = self.features(image1)
         features2 = self.features(image2)
         images1 = _image_pyramid(image1, features1)
         images2 = _image_pyramid(image2, features2)
+        if pairs is not None:
+            index1, index2 = pairs
+            features1, images1 = ({level: x[index1] for level, x in d.items()} for d in (features1, images1))
+            features2, images2 = ({level: x[index2] for level, x in d.items()} for d in (features2, images2))
         flow = None
         flows = {}
         for level in reversed(LEVELS):

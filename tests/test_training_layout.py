@@ -16,6 +16,7 @@ SIZE = 32
 BATCH = 2
 LOSS_RTOL = 1e-4  # the losses of the two layouts; float32 convolutions summing in another order
 PARAM_ATOL = 1e-5  # the trained weights after a few steps (their scale is ~0.1)
+GRAD_ATOL = 1e-5  # gradients, relative to the largest gradient of the network
 
 
 @pytest.fixture(autouse=True)
@@ -118,10 +119,13 @@ def test_bimnet_channels_last_gradients_match_contiguous():
         losses[name] = loss.item()
     assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=LOSS_RTOL)
     grads = dict(contiguous.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in contiguous.parameters())
     for key, param in channels_last.named_parameters():
         want = grads[key].grad
         assert param.grad is not None and param.grad.stride() == param.stride(), key
-        torch.testing.assert_close(param.grad, want, rtol=1e-3, atol=1e-4 * want.abs().max().item(), msg=key)
+        # float32 summation order: the absolute error scales with the largest gradients upstream (a few
+        # parameters' gradients nearly cancel, so a per-tensor relative bound would test noise)
+        torch.testing.assert_close(param.grad, want, rtol=1e-3, atol=GRAD_ATOL * scale, msg=key)
 
 
 class _Opaque(nn.Module):
@@ -159,9 +163,10 @@ def test_shared_pyramids_give_the_stacked_pairs_loss_and_gradients(pairs):
     (shared_parts, shared_grads), (stacked_parts, stacked_grads) = results
     for key, value in stacked_parts.items():
         assert shared_parts[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    scale = max(grad.abs().max().item() for grad in stacked_grads.values())
     for key, want in stacked_grads.items():
         # the pyramid sums each frame's two gradients before its backward, not after: float32 reordering
-        torch.testing.assert_close(shared_grads[key], want, rtol=1e-4, atol=2e-5 * want.abs().max().item(), msg=key)
+        torch.testing.assert_close(shared_grads[key], want, rtol=1e-3, atol=GRAD_ATOL * scale, msg=key)
     flows = losses.blur_invariant_flows(bimnet, *frames, pairs=pairs)
     stacked = losses.blur_invariant_flows(_Opaque(bimnet), *frames, pairs=pairs)
     for pair in pairs:

@@ -77,6 +77,41 @@ def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) ->
     return nn.Sequential(*layers)
 
 
+def _layout(conv: nn.Module) -> torch.memory_format:
+    """The memory format of `conv`'s weight (channels_last after `model.to(memory_format=...)`)."""
+    weight = conv.weight
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> torch.Tensor:
+    """torch.cat along channels, in `layout`: the next conv then neither converts its input nor, in backward,
+    its saved input and its gradient (a cat of mixed layouts comes out contiguous)."""
+    return torch.cat(tensors, dim=1).contiguous(memory_format=layout)
+
+
+class _GradLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in `layout` (the warp, the correlation and a cat's
+    slicing return theirs contiguous or strided, and elementwise backward ops on mixed layouts are slow)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+        ctx.layout = layout
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.layout), None
+
+
+def _grads_in(layout: torch.memory_format, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`tensors` unchanged, their gradients to come in `layout` when that is channels_last."""
+    if layout != torch.channels_last or not torch.is_grad_enabled():
+        return tensors
+    return tuple(_GradLayout.apply(t, layout) if t.requires_grad else t for t in tensors)
+
+
 def cost_volume(f1: torch.Tensor, f2: torch.Tensor, stride: int) -> torch.Tensor:
     """Cost volume (B, 49, ceil(H/stride), ceil(W/stride)) with LiteFlowNet's max displacement of 3."""
     return kernels.correlation(f1, f2, max_displacement=MAX_DISPLACEMENT, stride=stride)
@@ -138,11 +173,14 @@ class Matching(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
+        layout = _layout(self.flow_head[0])
+        f1, f2 = _grads_in(layout, f1, f2)
         flow = None
         if coarse_flow is not None:
             flow = self.upsample_flow(coarse_flow)
             f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
-        cost = F.leaky_relu_(cost_volume(f1, f2, CORRELATION_STRIDE[self.level]), NEGATIVE_SLOPE)
+        cost = cost_volume(f1, f2, CORRELATION_STRIDE[self.level]).contiguous(memory_format=layout)
+        cost = F.leaky_relu_(cost, NEGATIVE_SLOPE)
         if self.upsample_cost is not None:
             cost = self.upsample_cost(cost)
         update = self.flow_head(cost)
@@ -163,8 +201,10 @@ class Subpixel(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
+        layout = _layout(self.flow_head[0])
+        f1, f2 = _grads_in(layout, f1, f2)
         f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
-        return flow + self.flow_head(torch.cat([f1, f2, flow], dim=1))
+        return flow + self.flow_head(_cat_channels([f1, f2, flow], layout))
 
 
 class Regularization(nn.Module):
@@ -202,19 +242,22 @@ class Regularization(nn.Module):
         mean_free_flow = flow - flow.mean(dim=(2, 3), keepdim=True)
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
-        distance = self.distance(self.trunk(torch.cat([brightness_error, mean_free_flow, f1], dim=1)))
+        layout = _layout(self.trunk[0])
+        f1, = _grads_in(layout, f1)
+        distance = self.distance(self.trunk(_cat_channels([brightness_error, mean_free_flow, f1], layout)))
         logits = -distance.square()
         weights = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # (B, k*k, h, w), unnormalised
         normaliser = weights.sum(dim=1, keepdim=True).reciprocal()
-        flow_x = self.combine_x(weights * self._neighbours(flow[:, 0:1])) * normaliser
-        flow_y = self.combine_y(weights * self._neighbours(flow[:, 1:2])) * normaliser
+        flow_x = self.combine_x(weights * self._neighbours(flow[:, 0:1], layout)) * normaliser
+        flow_y = self.combine_y(weights * self._neighbours(flow[:, 1:2], layout)) * normaliser
         return torch.cat([flow_x, flow_y], dim=1)
 
-    def _neighbours(self, component: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) -> (B, k*k, h, w): zero-padded k x k neighbourhood, channel = dy * k + dx."""
+    def _neighbours(self, component: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+        """(B, 1, h, w) -> (B, k*k, h, w) in `layout`: zero-padded k x k neighbourhood, channel = dy * k + dx."""
         k = KERNEL_SIZE[self.level]
         patches = F.unfold(component, kernel_size=k, padding=k // 2)
-        return einops.rearrange(patches, "b kk (h w) -> b kk h w", h=component.shape[2])
+        neighbours = einops.rearrange(patches, "b kk (h w) -> b kk h w", h=component.shape[2])
+        return neighbours.contiguous(memory_format=layout)
 
 
 class BIMNet(nn.Module):
@@ -241,16 +284,24 @@ class BIMNet(nn.Module):
         self.subpixel = nn.ModuleDict({f"level{level}": Subpixel(level) for level in LEVELS})
         self.regularization = nn.ModuleDict({f"level{level}": Regularization(level) for level in LEVELS})
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor,
-                all_levels: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, all_levels: bool = False,
+                pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | dict[int, torch.Tensor]:
         """all_levels=True: {level L: (B, 2, H / 2**(L-1), W / 2**(L-1))} for every decoder level, each in
         pixels of the full-resolution input (the internal flow of every level times 20; used for multi-scale
-        supervision). Otherwise the level-2 flow (see the class docstring)."""
+        supervision). Otherwise the level-2 flow (see the class docstring).
+
+        pairs = (index1, index2), int64 (P,): image1 and image2 hold distinct frames, and flow p (of P) goes
+        from image1[index1[p]] to image2[index2[p]]; each frame's pyramid is then computed once however many
+        pairs it is in (the blur-invariant loss pairs every frame twice)."""
         _check_images(image1, image2)
         features1 = self.features(image1)
         features2 = self.features(image2)
         images1 = _image_pyramid(image1, features1)
         images2 = _image_pyramid(image2, features2)
+        if pairs is not None:
+            index1, index2 = pairs
+            features1, images1 = ({level: x[index1] for level, x in d.items()} for d in (features1, images1))
+            features2, images2 = ({level: x[index2] for level, x in d.items()} for d in (features2, images2))
         flow = None
         flows = {}
         for level in reversed(LEVELS):

@@ -67,25 +67,30 @@ def check_size_policy(size_policy: str) -> None:
         raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
 
 
-def estimate_flow(bimnet, curr: torch.Tensor, prev: torch.Tensor, size_policy: str = "pad") -> torch.Tensor:
+def estimate_flow(bimnet, curr: torch.Tensor, prev: torch.Tensor, size_policy: str = "pad",
+                  pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Backward flow from curr to prev, (B, 2, H, W) float32 in full-resolution pixels (x then y).
 
     curr, prev: (B, 3, H, W) in [-1, 1]. "pad": BIMNet on the frames replicate-padded to multiples of 32, the
     flow resized to the padded size and cropped, so it covers every pixel. "original": BIMNet on the top-left
     multiple-of-32 crop, the flow resized to that crop and zero-padded back (zero everywhere when H or W < 32).
     Resizing is bilinear (align_corners=False) and keeps the flow values unscaled, as the original does.
+    pairs = (index1, index2) (P,): curr and prev hold distinct frames, flow p goes from curr[index1[p]] to
+    prev[index2[p]] (BIMNet's `pairs`; it must be a BIMNet); the result is then (P, 2, H, W).
     """
     height, width = curr.shape[-2:]
+    pairing = {} if pairs is None else {"pairs": pairs}
     if size_policy == "original":
         crop_h, crop_w = height - height % FLOW_SIZE_MULTIPLE, width - width % FLOW_SIZE_MULTIPLE
         if crop_h == 0 or crop_w == 0:
-            return curr.new_zeros((curr.shape[0], 2, height, width), dtype=torch.float32)
-        flow = bimnet(to_unit(curr[..., :crop_h, :crop_w]), to_unit(prev[..., :crop_h, :crop_w]))
+            count = curr.shape[0] if pairs is None else len(pairs[0])
+            return curr.new_zeros((count, 2, height, width), dtype=torch.float32)
+        flow = bimnet(to_unit(curr[..., :crop_h, :crop_w]), to_unit(prev[..., :crop_h, :crop_w]), **pairing)
         flow = F.interpolate(flow.float(), size=(crop_h, crop_w), mode="bilinear", align_corners=False)
         return F.pad(flow, (0, width - crop_w, 0, height - crop_h))
     padded_h, padded_w = _round_up(height, FLOW_SIZE_MULTIPLE), _round_up(width, FLOW_SIZE_MULTIPLE)
     flow = bimnet(_pad_bottom_right(to_unit(curr), padded_h, padded_w),
-                  _pad_bottom_right(to_unit(prev), padded_h, padded_w))
+                  _pad_bottom_right(to_unit(prev), padded_h, padded_w), **pairing)
     flow = F.interpolate(flow.float(), size=(padded_h, padded_w), mode="bilinear", align_corners=False)
     return flow[..., :height, :width]
 

@@ -3,7 +3,7 @@
 A config file has the sections below (every key optional; unknown keys are errors):
 
     [run]       stage ("bimnet" = stage 1 alone, "pvdnet" = stage 2, "joint" = the original's joint stage 1), out_dir, max_steps (optimizer steps), seed,
-                device, precision, compile, deterministic, resume
+                device, precision, compile, channels_last, deterministic, resume
     [model]     large, bimnet_weights, init_weights, init_gain
     [data]      root, layout, blurry_folder, val_root, crop, clip_frames, stride, batch_size (global, over all
                 processes), num_workers, noise_sigma, noise_probability
@@ -33,6 +33,7 @@ else:  # pragma: no cover - Python 3.10
 
 STAGES = ("bimnet", "pvdnet", "joint")
 PRECISIONS = ("auto", "fp32", "bf16")
+CHANNELS_LAST = ("auto", "on", "off")
 SCHEDULES = ("step", "cosine_restarts", "constant")
 LAYOUTS = ("", "dvd", "gopro", "frames")
 RANDOM_BIMNET = "random"  # model.bimnet_weights value for an untrained, frozen BIMNet (smoke tests only)
@@ -47,6 +48,7 @@ class RunConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     precision: str = "fp32"  # "fp32" (as the original) | "bf16" (autocast, CUDA) | "auto" (bf16 on CUDA, else fp32)
     compile: bool = False  # torch.compile the trained network
+    channels_last: str = "auto"  # networks' memory format: "auto" (channels_last on CPU only) | "on" | "off"
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
     resume: str = ""  # "" | "auto" (latest checkpoint in out_dir) | path of a training checkpoint
 
@@ -196,6 +198,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"run.stage must be one of {STAGES}, got {run.stage!r}")
     if run.precision not in PRECISIONS:
         raise ValueError(f"run.precision must be one of {PRECISIONS}, got {run.precision!r}")
+    if run.channels_last not in CHANNELS_LAST:
+        raise ValueError(f"run.channels_last must be one of {CHANNELS_LAST}, got {run.channels_last!r}")
     if run.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"run.device must be 'auto', 'cpu' or 'cuda', got {run.device!r}")
     if run.max_steps < 1:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pvd import kernels
 from pvd.frames import to_unit
-from pvd.nets import step
+from pvd.nets import BIMNet, step
 
 FLOW_PAIRS = ("bb", "bs", "sb", "ss")  # original names: (source of frame t-1, source of frame t), b blurry, s sharp
 MIN_MASK_SUM = 1e-8  # a flow that sends every pixel outside gives 0 / 0 in the original; here 0
@@ -72,6 +72,41 @@ def _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr,
     return (torch.cat([curr[pair[1]] for pair in pairs]), torch.cat([prev[pair[0]] for pair in pairs]))
 
 
+def _shared_frames(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs: tuple[str, ...]):
+    """(curr frames, prev frames, (index1, index2)) for BIMNet's `pairs`: each kind of frame once (K * B, 3, H, W),
+    the pairs as indices into them; None when no frame is in two pairs, or the kinds differ in number."""
+    curr_kinds = list(dict.fromkeys(pair[1] for pair in pairs))
+    prev_kinds = list(dict.fromkeys(pair[0] for pair in pairs))
+    if len(curr_kinds) == len(pairs) or len(curr_kinds) != len(prev_kinds):
+        return None
+    curr = {"b": blurry_curr, "s": sharp_curr}
+    prev = {"b": blurry_prev, "s": sharp_prev}
+    batch = blurry_curr.shape[0]
+    rows = torch.arange(batch, device=blurry_curr.device)
+    index1 = torch.cat([rows + batch * curr_kinds.index(pair[1]) for pair in pairs])
+    index2 = torch.cat([rows + batch * prev_kinds.index(pair[0]) for pair in pairs])
+    return (torch.cat([curr[kind] for kind in curr_kinds]), torch.cat([prev[kind] for kind in prev_kinds]),
+            (index1, index2))
+
+
+def _takes_pairs(bimnet) -> bool:
+    """Whether `bimnet` is a BIMNet (also inside torch.compile / DistributedDataParallel), which takes `pairs`."""
+    for wrapper_attribute in ("_orig_mod", "module"):
+        bimnet = getattr(bimnet, wrapper_attribute, bimnet)
+    return isinstance(bimnet, BIMNet)
+
+
+def _pair_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs: tuple[str, ...],
+                flow_of) -> torch.Tensor:
+    """flow_of(bimnet, curr batch, prev batch, **pairing) for the stacked `pairs`, each frame's BIMNet pyramid
+    computed once when BIMNet can share it (every frame is in two of the four default pairings)."""
+    shared = _shared_frames(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs) if _takes_pairs(bimnet) else None
+    if shared is None:
+        return flow_of(bimnet, *_pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs))
+    curr_frames, prev_frames, index = shared
+    return flow_of(bimnet, curr_frames, prev_frames, pairs=index)
+
+
 def _split_pairs(flows: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:
     per_pair = einops.rearrange(flows, "(n b) c h w -> n b c h w", n=len(pairs))
     return dict(zip(pairs, per_pair, strict=True))
@@ -80,12 +115,12 @@ def _split_pairs(flows: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> di
 def blur_invariant_flows(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor, sharp_prev: torch.Tensor,
                          sharp_curr: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:
     """The flows {pair: (B, 2, H, W) float32 pixels} of `pairs` (default all four: bb, bs, sb, ss) from one
-    batched BIMNet call. Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`step.estimate_flow`,
+    batched BIMNet call (a BIMNet computes the pyramid of a frame shared by two pairs once). Frames (B, 3, H, W) in [-1, 1]; BIMNet sees them in [0, 1] (`step.estimate_flow`,
     size policy "pad").
     """
     pairs = check_pairs(pairs)
-    curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    return _split_pairs(step.estimate_flow(bimnet, curr_batch, prev_batch), pairs)
+    flows = _pair_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs, step.estimate_flow)
+    return _split_pairs(flows, pairs)
 
 
 def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: torch.Tensor,
@@ -98,8 +133,11 @@ def blur_invariant_flow_levels(bimnet, blurry_prev: torch.Tensor, blurry_curr: t
         raise ValueError(f"the multi-scale end-point error needs frames whose height and width are multiples of "
                          f"{step.FLOW_SIZE_MULTIPLE} (set data.crop accordingly), got {height}x{width}")
     pairs = check_pairs(pairs)
-    curr_batch, prev_batch = _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs)
-    levels = bimnet(to_unit(curr_batch.float()), to_unit(prev_batch.float()), all_levels=True)
+
+    def all_levels(net, curr, prev, **pairing):
+        return net(to_unit(curr.float()), to_unit(prev.float()), all_levels=True, **pairing)
+
+    levels = _pair_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs, all_levels)
     finest = F.interpolate(levels[min(levels)].float(), size=(height, width), mode="bilinear", align_corners=False)
     level_flows = {level: _split_pairs(flow, pairs) for level, flow in levels.items()}
     per_pair_levels = {pair: {level: level_flows[level][pair] for level in levels} for pair in pairs}

@@ -51,6 +51,16 @@ def device() -> str:
     return _DEVICE
 
 
+@pytest.fixture
+def cpu_kernels_one_thread(monkeypatch):
+    """The networks on the CPU kernels (not the slow interpreter), on one thread; torch's threads restored after."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -18,13 +18,7 @@ STEPS_PER_CLIP = 2
 HALF = 4  # steps: 2 batches of the 3 per epoch
 
 
-@pytest.fixture(autouse=True)
-def _reference_kernels_one_thread(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_kernels_one_thread")
 
 
 def _config(root, out_dir, max_steps, *extra):

@@ -19,13 +19,7 @@ PARAM_ATOL = 1e-5  # the trained weights after a few steps (their scale is ~0.1)
 GRAD_ATOL = 1e-5  # gradients, relative to the largest gradient of the network
 
 
-@pytest.fixture(autouse=True)
-def _reference_kernels_one_thread(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_kernels_one_thread")
 
 
 def _config(stage: str, *extra: str):

@@ -36,7 +36,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
 
 class LazyTritonOp:
     """A `torch.library.triton_op` that is registered (with its fake and autograd rules) when first called, or at
-    once by `register_now_if_servable()` where Triton can serve tensors (CUDA, or the interpreter).
+    once by `register_now_if_servable()` where Triton can serve tensors (a CUDA build, or the interpreter).
 
     Registering a triton_op imports torch's compiler stack (about 1 s); a CPU-only process that never runs a
     Triton kernel (the CPU ops serve its tensors) skips that. Usage mirrors triton_op's:
@@ -75,8 +75,10 @@ class LazyTritonOp:
         return self.op()(*args)
 
     def register_now_if_servable(self) -> None:
-        """Register at import where Triton kernels can run (so torch.compile sees an ordinary custom op)."""
-        if HAS_TRITON and (interpreting() or torch.cuda.is_available()):
+        """Register at import where Triton kernels can run (so torch.compile sees an ordinary custom op): under the
+        interpreter, or with a CUDA/ROCm build of torch (asked of the build, not the driver: no CUDA call at import)."""
+        gpu_build = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+        if HAS_TRITON and (interpreting() or gpu_build):
             self.op()
 
 

@@ -47,12 +47,21 @@ def _compiled(function):
 
 
 @_compiled
+def _candidate(targets_x, targets_y, q, i, j, x_limit, y_limit, has_interior, canvas_width, offset):
+    """(inside, flat canvas index) of candidate (i, j) of neighbour q of one row: its target + (j, i) lies in
+    the interior [1, W - 2] x [1, H - 2] (unsigned compares: u(c - 1) <= size - 3), and where it sits in the
+    canvas (offset = the canvas margin and the (j, i) shift)."""
+    inside = has_interior & (np.uint32(targets_x[q] + i - 1) <= x_limit) & (np.uint32(targets_y[q] + j - 1) <= y_limit)
+    return inside, np.uintp(targets_y[q] * canvas_width + targets_x[q] + offset)
+
+
+@_compiled
 def _gather(canvas, gray_fill, target_x, target_y, kernel_size, row_start, row_stop, out):
     """Rows [row_start, row_stop) of out (B, k*k, H, W). canvas: gray_image zero-padded by 2h on every side.
 
     out[b, c, y, x], c = (i + h) k + (j + h): 0 where the neighbour q = (y - j, x - i) is off the image, else
     the gray value at q's target + (j, i) if that lies in the interior [1, W - 2] x [1, H - 2], else
-    gray_fill[b, y, x]. Unsigned indices and compares: no wrap-around checks, no branches on the data."""
+    gray_fill[b, y, x]. Unsigned indices: no wrap-around checks; the value is selected, not branched on."""
     batch, height, width = gray_fill.shape
     half = kernel_size // 2
     canvas_width = canvas.shape[2]
@@ -76,11 +85,9 @@ def _gather(canvas, gray_fill, target_x, target_y, kernel_size, row_start, row_s
                     targets_x, targets_y = target_x[b, source_y], target_y[b, source_y]
                     offset = (j + 2 * half) * canvas_width + i + 2 * half
                     for x in range(x_start, x_stop):
-                        q = np.uintp(x - i)
-                        inside = has_interior & (np.uint32(targets_x[q] + i - 1) <= x_limit) & \
-                            (np.uint32(targets_y[q] + j - 1) <= y_limit)
-                        value = flat[np.uintp(targets_y[q] * canvas_width + targets_x[q] + offset)]
-                        row[np.uintp(x)] = value if inside else fill_row[np.uintp(x)]
+                        inside, index = _candidate(targets_x, targets_y, np.uintp(x - i), i, j, x_limit, y_limit,
+                                                   has_interior, canvas_width, offset)
+                        row[np.uintp(x)] = flat[index] if inside else fill_row[np.uintp(x)]
 
 
 @_compiled
@@ -107,11 +114,10 @@ def _scatter(grad_out, target_x, target_y, kernel_size, row_start, row_stop, gra
                     targets_x, targets_y = target_x[b, source_y], target_y[b, source_y]
                     offset = (j + 2 * half) * canvas_width + i + 2 * half
                     for x in range(x_start, x_stop):
-                        q = np.uintp(x - i)
-                        inside = has_interior & (np.uint32(targets_x[q] + i - 1) <= x_limit) & \
-                            (np.uint32(targets_y[q] + j - 1) <= y_limit)
+                        inside, index = _candidate(targets_x, targets_y, np.uintp(x - i), i, j, x_limit, y_limit,
+                                                   has_interior, canvas_width, offset)
                         if inside:
-                            flat[np.uintp(targets_y[q] * canvas_width + targets_x[q] + offset)] += row[np.uintp(x)]
+                            flat[index] += row[np.uintp(x)]
                         else:
                             fill_row[np.uintp(x)] += row[np.uintp(x)]
 

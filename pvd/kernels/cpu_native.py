@@ -196,10 +196,12 @@ def pixel_volume_from_targets(gray_image: torch.Tensor, gray_fill: torch.Tensor,
 
 @_compiled
 def _correlate(a, g, max_displacement, row_start, row_stop, out):
-    """out[b, dy, dx, y, x] += sum over channels of a[b, c, y, x] * g[b, c, y + dy, x + dx] for image rows
-    [row_start, row_stop). a (B, C, Ho, Wo); g (B, C, Ho + 2d, Wo + 2d); out (B, D, D, Ho, Wo) starts at zero."""
+    """out[b, dy, dx, y, x] = mean over channels of a[b, c, y, x] * g[b, c, y + dy, x + dx] for image rows
+    [row_start, row_stop). a (B, C, Ho, Wo); g (B, C, Ho + 2d, Wo + 2d); out (B, D, D, Ho, Wo), written
+    without being read first (the first channel assigns, the last one scales by 1 / C)."""
     batch, channels, _, width = a.shape
     size = 2 * max_displacement + 1
+    scale = 1.0 / channels
     for b in range(batch):
         for y in range(row_start, row_stop):
             for c in range(channels):  # the D*D output rows of image row y stay in L1 while channels stream
@@ -208,8 +210,15 @@ def _correlate(a, g, max_displacement, row_start, row_stop, out):
                     g_row = g[b, c, y + dy]
                     for dx in range(size):
                         out_row = out[b, dy, dx, y]
-                        for x in range(width):
-                            out_row[x] += a_row[x] * g_row[x + dx]
+                        if c == 0:
+                            for x in range(width):
+                                out_row[x] = a_row[x] * g_row[x + dx]
+                        else:
+                            for x in range(width):
+                                out_row[x] += a_row[x] * g_row[x + dx]
+                        if c == channels - 1:
+                            for x in range(width):
+                                out_row[x] *= scale
 
 
 @_compiled
@@ -239,13 +248,13 @@ class _Correlation(torch.autograd.Function):
     def forward(ctx, a, g, max_displacement):
         batch, channels, height, width = a.shape
         size = 2 * max_displacement + 1
-        out = a.new_zeros(batch, size * size, height, width)  # not a view: callers may modify it in place
+        out = a.new_empty(batch, size * size, height, width)  # not a view: callers may modify it in place
         arrays = (_array(a), _array(g), max_displacement)
         out_array = out.numpy().reshape(batch, size, size, height, width)
         _run_bands(_correlate, [(*arrays, start, stop, out_array) for start, stop in _bands(height, 1)])
         ctx.save_for_backward(a, g)
         ctx.max_displacement = max_displacement
-        return out.div_(channels)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -105,7 +105,7 @@ def run_on_path(request, monkeypatch, entry: str):
 
 @pytest.fixture(params=["native", "eager"])
 def pixel_volume_path(request, monkeypatch):
-    yield from run_on_path(request, monkeypatch, "pixel_volume_from_targets")
+    yield from run_on_path(request, monkeypatch, "pixel_volume")
 
 
 @pytest.fixture(params=["native", "eager"])

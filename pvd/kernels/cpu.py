@@ -6,9 +6,9 @@ for speed on a CPU; they are device-agnostic PyTorch and differentiable:
 - `warp`: `F.grid_sample(bilinear, zeros, align_corners=True)` on the normalised grid, after the reference's
   sanitising (non-finite flow -> a point whose four taps are all outside; far coordinates clamped to a band
   where they still are). Values equal the reference up to the normalisation's rounding (~1e-7 relative).
-- `pixel_volume`: the integer targets in a few tensor ops, then one compiled gather pass (`cpu_native`, numba)
-  or, without numba, an eager formulation (one nearest `grid_sample` over the k*k shifted gray images and one
-  `where`); bit-identical to the reference either way (a selection of the same gray values).
+- `pixel_volume`: two compiled passes (`cpu_native`, numba: gray planes and encoded targets, then the gather)
+  or, without numba, an eager formulation (integer targets in a few tensor ops, one nearest `grid_sample`
+  over the k*k shifted gray images and one `where`); bit-identical to the reference either way.
 - `correlation`: with numba, compiled multiply-add loops along image rows (`cpu_native`); otherwise per
   displacement row a batched matmul over channels of x-tiles of f1 against the overlapping x-windows of f2
   (a strided view, no copy), with a custom backward of the same shape.
@@ -85,7 +85,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     image, fill (B, 3 or 1, H, W); flow (B, 2, H, W) pixels -> (B, k*k, H, W), channel (i+h)*k + (j+h).
     Differentiable w.r.t. image and fill, not flow. out_dtype / channels_last: as `reference.pixel_volume`.
 
-    With numba installed, the gather is one compiled pass (`pvd.kernels.cpu_native`). Otherwise, eagerly:
+    With numba installed, the op is two compiled passes (`pvd.kernels.cpu_native`). Otherwise, eagerly:
     at every neighbour q one nearest-neighbour `grid_sample` at q's integer target reads all k*k candidates
     from the k*k shifted copies of the gray image (an unfold); a mask says which candidates are in the
     interior. Both are laid out on a grid padded by h, so that candidate (i, j) of pixel p, which belongs
@@ -96,15 +96,14 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     k, half = kernel_size, kernel_size // 2
     padded_h, padded_w = height + 2 * half, width + 2 * half
     dtype = image.dtype
-    gray_image = reference.to_gray(image.to(acc_dtype(dtype)))
-    gray_fill = reference.to_gray(fill.to(acc_dtype(dtype)))
+    image, fill = image.to(acc_dtype(dtype)), fill.to(acc_dtype(dtype))
     flow = flow.detach().to(acc_dtype(dtype))
-    target_x, target_y = _pixel_volume_targets(flow, half)
-    if cpu_native.AVAILABLE and flow.device.type == "cpu" and gray_image.dtype in (torch.float32, torch.float64) \
-            and gray_fill.dtype == gray_image.dtype:
-        out = cpu_native.pixel_volume_from_targets(gray_image[:, 0], gray_fill[:, 0], target_x.to(torch.int32),
-                                                   target_y.to(torch.int32), k)
+    if cpu_native.AVAILABLE and flow.device.type == "cpu" and image.dtype in (torch.float32, torch.float64) \
+            and fill.dtype == image.dtype and kernel_size <= cpu_native.MAX_KERNEL_SIZE:
+        out = cpu_native.pixel_volume(image, flow, fill, k)
         return reference.volume_format(out.to(dtype), out_dtype, channels_last)
+    gray_image, gray_fill = reference.to_gray(image), reference.to_gray(fill)
+    target_x, target_y = _pixel_volume_targets(flow, half)
 
     # Candidate (i, j) of q is copy (j, i) of the unfold at (target_y + h, target_x + h).
     extended = F.pad(gray_image, (2 * half,) * 4)

@@ -5,13 +5,12 @@ formulations. Each kernel is compiled once per dtype (float32, float64) and cach
 split into bands (image rows, or channels) across `torch.get_num_threads()` Python threads, as numba releases
 the GIL; a band never writes where another one does.
 
-Pixel volume (`pixel_volume_from_targets`): the gather at the heart of `pvd.kernels.cpu.pixel_volume`.
-gray_image, gray_fill (B, H, W); target_x, target_y (B, H, W) int32, each pixel's integer target
-trunc(position + flow) already clamped to [-h, size - 1 + h] (h = k // 2; the clamp keeps every "candidate
-outside the interior [1, size - 2]" outside) -> (B, k*k, H, W), channel (i + h) k + (j + h); differentiable
-w.r.t. both gray planes. Each output value is one selected gray value (no arithmetic): bit-identical to the
-reference. Every eager formulation makes several full passes over the k*k planes (gather, mask, select); this
-one reads each neighbour's target and writes each output once. The backward gives each thread its own
+Pixel volume (`pixel_volume`): image, fill (B, 3 or 1, H, W), flow (B, 2, H, W) pixels -> (B, k*k, H, W),
+channel (i + h) k + (j + h), h = k // 2; differentiable w.r.t. image and fill. The whole op, as the Triton
+kernel does it: one pass makes the two gray planes and encodes each pixel's target (its canvas index and which
+of its candidates are inside), with the reference's float operations in its order (no fused multiply-adds), so
+the output is bit-identical; then one gather pass writes every output once. Every eager formulation makes
+several full passes over the k*k planes (gather, mask, select). The backward gives each thread its own
 gradient image and sums them.
 
 Correlation (`correlation_of_samples`): the cost volume of `pvd.kernels.cpu.correlation` on the stride-grid
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import reference
+
 try:
     import numba
 except ImportError:  # optional: pvd.kernels.cpu falls back to its eager PyTorch formulation
@@ -39,6 +40,7 @@ except ImportError:  # optional: pvd.kernels.cpu falls back to its eager PyTorch
 AVAILABLE = numba is not None
 MIN_ROWS_PER_THREAD = 32  # pixel volume: smaller row bands are not worth a thread
 MIN_CHANNELS_PER_THREAD = 8  # correlation backward
+MAX_KERNEL_SIZE = 15  # pixel volume: the 2k bits of `_prepare`'s code fit an int32
 
 
 def _compiled(function):
@@ -46,18 +48,65 @@ def _compiled(function):
     return numba.njit(cache=True, nogil=True, fastmath={"contract"})(function) if AVAILABLE else function
 
 
-@_compiled
-def _candidate(targets_x, targets_y, q, i, j, x_limit, y_limit, has_interior, canvas_width, offset):
-    """(inside, flat canvas index) of candidate (i, j) of neighbour q of one row: its target + (j, i) lies in
-    the interior [1, W - 2] x [1, H - 2] (unsigned compares: u(c - 1) <= size - 3), and where it sits in the
-    canvas (offset = the canvas margin and the (j, i) shift)."""
-    inside = has_interior & (np.uint32(targets_x[q] + i - 1) <= x_limit) & (np.uint32(targets_y[q] + j - 1) <= y_limit)
-    return inside, np.uintp(targets_y[q] * canvas_width + targets_x[q] + offset)
+def _compiled_exact(function):
+    # IEEE arithmetic as written (no fused multiply-adds): for values that must equal PyTorch's bit for bit.
+    return numba.njit(cache=True, nogil=True)(function) if AVAILABLE else function
+
+
+@_compiled_exact
+def _prepare(image, fill, flow, gray_weights, positions, kernel_size, canvas, gray_fill, base, code):
+    """One pass over the pixels: gray(image) into the canvas interior (its 2h margins stay 0), gray(fill), and
+    each pixel q's target encoded: base[q], the flat canvas index of trunc(q + flow[q]) (clamped to
+    [-h, size - 1 + h], where every border decision stays the same; a non-finite component takes -h, whose
+    candidates are all outside); code[q], bit (i + h) set where target_x + i lies in [1, W - 2] and bit
+    (k + j + h) where target_y + j lies in [1, H - 2], i, j in [-h, h].
+
+    The float operations are the reference's, in its order and dtype (gray = w_r r + w_g g + w_b b, target =
+    position + flow), compiled without contraction into fused multiply-adds: bit-identical values."""
+    batch, _, height, width = flow.shape
+    half = kernel_size // 2
+    margin = 2 * half
+    canvas_width = canvas.shape[2]
+    low, x_high, y_high = -half - 2.0, width + half + 2.0, height + half + 2.0
+    w_r, w_g, w_b = gray_weights[0], gray_weights[1], gray_weights[2]
+    for b in range(batch):
+        for y in range(height):
+            canvas_row, gray_fill_row = canvas[b, y + margin], gray_fill[b, y]
+            flow_x_row, flow_y_row, base_row, code_row = flow[b, 0, y], flow[b, 1, y], base[b, y], code[b, y]
+            if image.shape[1] == 3:
+                red, green, blue = image[b, 0, y], image[b, 1, y], image[b, 2, y]
+                for x in range(width):
+                    canvas_row[x + margin] = w_r * red[x] + w_g * green[x] + w_b * blue[x]
+            else:
+                canvas_row[margin:margin + width] = image[b, 0, y]
+            if fill.shape[1] == 3:
+                red, green, blue = fill[b, 0, y], fill[b, 1, y], fill[b, 2, y]
+                for x in range(width):
+                    gray_fill_row[x] = w_r * red[x] + w_g * green[x] + w_b * blue[x]
+            else:
+                gray_fill_row[:] = fill[b, 0, y]
+            position_y = positions[y]
+            for x in range(width):
+                target_x, target_y = positions[x] + flow_x_row[x], position_y + flow_y_row[x]
+                tx = min(max(int(min(max(target_x, low), x_high)), -half), width - 1 + half) \
+                    if np.isfinite(target_x) else -half
+                ty = min(max(int(min(max(target_y, low), y_high)), -half), height - 1 + half) \
+                    if np.isfinite(target_y) else -half
+                base_row[x] = (ty + margin) * canvas_width + tx + margin
+                code_row[x] = _inside_bits(tx, width, half) | (_inside_bits(ty, height, half) << kernel_size)
+
+
+@_compiled_exact
+def _inside_bits(target, size, half):
+    """Bit (i + h) set for each i in [-h, h] with target + i in [1, size - 2] (a contiguous run of bits)."""
+    first, last = max(1 - target, -half), min(size - 2 - target, half)
+    return ((1 << (last - first + 1)) - 1) << (first + half) if first <= last else 0
 
 
 @_compiled
-def _gather(canvas, gray_fill, target_x, target_y, kernel_size, row_start, row_stop, out):
-    """Rows [row_start, row_stop) of out (B, k*k, H, W). canvas: gray_image zero-padded by 2h on every side.
+def _gather(canvas, gray_fill, base, code, kernel_size, row_start, row_stop, out):
+    """Rows [row_start, row_stop) of out (B, k*k, H, W). canvas: gray_image zero-padded by 2h on every side;
+    base, code: `_prepare`'s.
 
     out[b, c, y, x], c = (i + h) k + (j + h): 0 where the neighbour q = (y - j, x - i) is off the image, else
     the gray value at q's target + (j, i) if that lies in the interior [1, W - 2] x [1, H - 2], else
@@ -65,8 +114,6 @@ def _gather(canvas, gray_fill, target_x, target_y, kernel_size, row_start, row_s
     batch, height, width = gray_fill.shape
     half = kernel_size // 2
     canvas_width = canvas.shape[2]
-    x_limit, y_limit = np.uint32(max(width - 3, 0)), np.uint32(max(height - 3, 0))  # u(c - 1) <= size - 3
-    has_interior = width >= 3 and height >= 3  # the interior [1, size - 2] exists   <=>  1 <= c <= size - 2
     for b in range(batch):
         flat = canvas[b].ravel()
         for y in range(row_start, row_stop):
@@ -82,23 +129,22 @@ def _gather(canvas, gray_fill, target_x, target_y, kernel_size, row_start, row_s
                         continue
                     row[:x_start] = 0
                     row[x_stop:] = 0
-                    targets_x, targets_y = target_x[b, source_y], target_y[b, source_y]
-                    offset = (j + 2 * half) * canvas_width + i + 2 * half
+                    bases, codes = base[b, source_y], code[b, source_y]
+                    shift_x, shift_y, offset = i + half, kernel_size + j + half, j * canvas_width + i
                     for x in range(x_start, x_stop):
-                        inside, index = _candidate(targets_x, targets_y, np.uintp(x - i), i, j, x_limit, y_limit,
-                                                   has_interior, canvas_width, offset)
-                        row[np.uintp(x)] = flat[index] if inside else fill_row[np.uintp(x)]
+                        q = np.uintp(x - i)
+                        inside = (codes[q] >> shift_x) & (codes[q] >> shift_y) & 1
+                        value = flat[np.uintp(bases[q] + offset)]
+                        row[np.uintp(x)] = value if inside else fill_row[np.uintp(x)]
 
 
 @_compiled
-def _scatter(grad_out, target_x, target_y, kernel_size, row_start, row_stop, grad_canvas, grad_fill):
+def _scatter(grad_out, base, code, kernel_size, row_start, row_stop, grad_canvas, grad_fill):
     """The adjoint of `_gather` for output rows [row_start, row_stop): each gradient value is added where its
     output value was read (grad_canvas, padded like the canvas, or grad_fill)."""
     batch, height, width = grad_fill.shape
     half = kernel_size // 2
     canvas_width = grad_canvas.shape[2]
-    x_limit, y_limit = np.uint32(max(width - 3, 0)), np.uint32(max(height - 3, 0))
-    has_interior = width >= 3 and height >= 3
     for b in range(batch):
         flat = grad_canvas[b].ravel()
         for y in range(row_start, row_stop):
@@ -111,13 +157,12 @@ def _scatter(grad_out, target_x, target_y, kernel_size, row_start, row_stop, gra
                     if source_y < 0 or source_y >= height:
                         continue
                     row = grad_out[b, (i + half) * kernel_size + (j + half), y]
-                    targets_x, targets_y = target_x[b, source_y], target_y[b, source_y]
-                    offset = (j + 2 * half) * canvas_width + i + 2 * half
+                    bases, codes = base[b, source_y], code[b, source_y]
+                    shift_x, shift_y, offset = i + half, kernel_size + j + half, j * canvas_width + i
                     for x in range(x_start, x_stop):
-                        inside, index = _candidate(targets_x, targets_y, np.uintp(x - i), i, j, x_limit, y_limit,
-                                                   has_interior, canvas_width, offset)
-                        if inside:
-                            flat[index] += row[np.uintp(x)]
+                        q = np.uintp(x - i)
+                        if (codes[q] >> shift_x) & (codes[q] >> shift_y) & 1:
+                            flat[np.uintp(bases[q] + offset)] += row[np.uintp(x)]
                         else:
                             fill_row[np.uintp(x)] += row[np.uintp(x)]
 
@@ -152,43 +197,63 @@ def _run_bands(function, calls: list[tuple]) -> None:
 
 
 class _PixelVolume(torch.autograd.Function):
+    """image (B, 3 or 1, H, W), fill (B, 3 or 1, H, W), flow (B, 2, H, W), one float dtype -> (B, k*k, H, W)."""
+
     @staticmethod
-    def forward(ctx, canvas, gray_fill, target_x, target_y, kernel_size):
-        batch, height, width = gray_fill.shape
-        out = gray_fill.new_empty(batch, kernel_size * kernel_size, height, width)
-        arrays = [_array(t) for t in (canvas, gray_fill, target_x, target_y)]
+    def forward(ctx, image, fill, flow, kernel_size):
+        batch, _, height, width = flow.shape
+        margin = 2 * (kernel_size // 2)
+        canvas = flow.new_zeros(batch, height + 2 * margin, width + 2 * margin)
+        gray_fill = flow.new_empty(batch, height, width)
+        base = torch.empty(batch, height, width, dtype=torch.int32)
+        code = torch.empty_like(base)
+        gray_weights = flow.new_tensor(reference.GRAY_WEIGHTS)
+        positions = torch.arange(max(height, width), dtype=flow.dtype)
+        _prepare(*(_array(t) for t in (image, fill, flow, gray_weights, positions)), kernel_size,
+                 *(t.numpy() for t in (canvas, gray_fill, base, code)))
+        out = flow.new_empty(batch, kernel_size * kernel_size, height, width)
+        arrays = [t.numpy() for t in (canvas, gray_fill, base, code)]
         _run_bands(_gather, [(*arrays, kernel_size, start, stop, out.numpy()) for start, stop in _row_bands(height)])
-        ctx.save_for_backward(target_x, target_y)
+        ctx.save_for_backward(base, code, gray_weights)
         ctx.kernel_size, ctx.canvas_shape = kernel_size, canvas.shape
+        ctx.channels = image.shape[1], fill.shape[1]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        target_x, target_y = ctx.saved_tensors
-        bands = _row_bands(target_x.shape[1])
+        base, code, gray_weights = ctx.saved_tensors
+        bands = _row_bands(base.shape[1])
         grad_canvases = [grad_out.new_zeros(ctx.canvas_shape) for _ in bands]  # one per thread: no races
-        grad_fill = grad_out.new_zeros(target_x.shape)
-        arrays = (_array(grad_out), _array(target_x), _array(target_y), ctx.kernel_size)
-        _run_bands(_scatter, [(*arrays, start, stop, grad_canvas.numpy(), grad_fill.numpy())
+        grad_gray_fill = grad_out.new_zeros(base.shape)
+        arrays = (_array(grad_out), base.numpy(), code.numpy(), ctx.kernel_size)
+        _run_bands(_scatter, [(*arrays, start, stop, grad_canvas.numpy(), grad_gray_fill.numpy())
                               for (start, stop), grad_canvas in zip(bands, grad_canvases)])
         grad_canvas = grad_canvases[0]
         for other in grad_canvases[1:]:
             grad_canvas += other
-        return grad_canvas, grad_fill, None, None, None
+        margin = 2 * (ctx.kernel_size // 2)
+        grad_gray_image = grad_canvas[:, margin:grad_canvas.shape[1] - margin, margin:grad_canvas.shape[2] - margin]
+        return (_gray_adjoint(grad_gray_image, ctx.channels[0], gray_weights),
+                _gray_adjoint(grad_gray_fill, ctx.channels[1], gray_weights), None, None)
+
+
+def _gray_adjoint(grad_gray: torch.Tensor, channels: int, gray_weights: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) gradient of the gray plane -> (B, channels, H, W) gradient of the image it was made from."""
+    grad_gray = grad_gray.unsqueeze(1)
+    return grad_gray * gray_weights.view(1, 3, 1, 1) if channels == 3 else grad_gray.contiguous()
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
-def pixel_volume_from_targets(gray_image: torch.Tensor, gray_fill: torch.Tensor, target_x: torch.Tensor,
-                              target_y: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """See the module docstring. CPU tensors; gray planes of one dtype, float32 or float64; targets int32."""
+def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """See the module docstring: CPU tensors of one dtype, float32 or float64; kernel_size <= MAX_KERNEL_SIZE."""
     if not AVAILABLE:
         raise RuntimeError("pvd.kernels.cpu_native needs numba (pip install 'pvd[cpu]')")
-    margin = 2 * (kernel_size // 2)
-    canvas = F.pad(gray_image, (margin, margin, margin, margin))
-    return _PixelVolume.apply(canvas, gray_fill, target_x, target_y, kernel_size)
+    if kernel_size > MAX_KERNEL_SIZE:
+        raise ValueError(f"kernel_size {kernel_size} > {MAX_KERNEL_SIZE}: use pvd.kernels.cpu.pixel_volume")
+    return _PixelVolume.apply(image, fill, flow.detach(), kernel_size)
 
 
 # --------------------------------------------------------------------------------------------- correlation

@@ -26,6 +26,12 @@ from .reference import acc_dtype
 CORRELATION_TILE = 4
 
 
+def _native_serves(tensor: torch.Tensor) -> bool:
+    """Whether the compiled kernels of `cpu_native` take an op whose inputs were all converted to tensor's dtype:
+    numba installed, a CPU tensor, float32 or float64."""
+    return cpu_native.AVAILABLE and tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
+
+
 # ------------------------------------------------------------------------------------------------ warp
 
 
@@ -98,8 +104,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     dtype = image.dtype
     image, fill = image.to(acc_dtype(dtype)), fill.to(acc_dtype(dtype))
     flow = flow.detach().to(acc_dtype(dtype))
-    if cpu_native.AVAILABLE and flow.device.type == "cpu" and image.dtype in (torch.float32, torch.float64) \
-            and fill.dtype == image.dtype and kernel_size <= cpu_native.MAX_KERNEL_SIZE:
+    if _native_serves(image) and kernel_size <= cpu_native.MAX_KERNEL_SIZE:
         out = cpu_native.pixel_volume(image, flow, fill, k)
         return reference.volume_format(out.to(dtype), out_dtype, channels_last)
     gray_image, gray_fill = reference.to_gray(image), reference.to_gray(fill)
@@ -160,8 +165,7 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     (B, D*D, ceil(H/s), ceil(W/s)), D = 2*max_displacement + 1, the mean over channels of f1 * shifted f2."""
     dtype = f1.dtype
     f1, f2 = f1.to(acc_dtype(dtype)), f2.to(acc_dtype(dtype))
-    if cpu_native.AVAILABLE and f1.device.type == "cpu" and f1.dtype in (torch.float32, torch.float64) \
-            and f2.dtype == f1.dtype:
+    if _native_serves(f1):
         samples = f1[:, :, ::stride, ::stride], f2[:, :, ::stride, ::stride]
         return cpu_native.correlation_of_samples(*samples, max_displacement).to(dtype)
     return _Correlation.apply(f1, f2, max_displacement, stride).to(dtype)

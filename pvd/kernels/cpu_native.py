@@ -16,7 +16,7 @@ gradient image and sums them.
 Correlation (`correlation_of_samples`): the cost volume of `pvd.kernels.cpu.correlation` on the stride-grid
 samples a, b (B, C, Ho, Wo) of f1 and f2 -> (B, D*D, Ho, Wo), D = 2d + 1: the mean over channels of a * (b
 shifted by the displacement, zero outside). For each image row, each (channel, displacement) pair is one
-multiply-add loop along the row (vectorised by LLVM) into the row's D*D output rows, which stay in L1 while
+multiply-add loop along the row (left to LLVM to vectorise) into the row's D*D output rows, which stay in L1 while
 the channels stream through. Forward bands are image rows, backward bands channels. Measured against
 alternatives on the development CPU: flat row chunks sized for L2 were slower forward and no faster
 backward; tiled batched matmuls (the eager fallback) were 1.3-2.5x slower at the stride-1 levels.

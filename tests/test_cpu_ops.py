@@ -245,6 +245,26 @@ def test_correlation_low_precision(dtype):
 
 # ------------------------------------------------------------------------------------------------------ dispatch
 
+@pytest.mark.skipif(not cpu_native.AVAILABLE or not hasattr(__import__("os"), "fork"), reason="numba, fork")
+def test_native_kernels_run_in_a_forked_child_after_the_parent_used_its_threads():
+    """The thread pools do not survive a fork (their threads stay in the parent): a child must get new ones."""
+    import multiprocessing
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        f1 = torch.randn(1, 2 * cpu_native.MIN_CHANNELS_PER_THREAD, 6, 7)
+        cpu.correlation(f1, f1, 1, 1)  # the parent starts a pool's thread
+        child = multiprocessing.get_context("fork").Process(target=cpu.correlation, args=(f1, f1, 1, 1))
+        child.start()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0, "the forked child hung or failed running a native kernel"
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(not cpu_native.AVAILABLE, reason="numba is not installed")
 def test_native_correlation_splits_rows_and_channels_across_threads():
     """Forward bands of image rows and backward bands of channels on several threads give the reference's values

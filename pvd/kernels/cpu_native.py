@@ -24,6 +24,7 @@ backward; tiled batched matmuls (the eager fallback) were 1.3-2.5x slower at the
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -168,6 +169,8 @@ def _scatter(grad_out, base, code, kernel_size, row_start, row_stop, grad_canvas
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child (e.g. a DataLoader worker) has none of the pools' threads
+    os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def _bands(length: int, minimum: int) -> list[tuple[int, int]]:

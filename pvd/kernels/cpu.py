@@ -100,7 +100,6 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     """
     batch, _, height, width = flow.shape
     k, half = kernel_size, kernel_size // 2
-    padded_h, padded_w = height + 2 * half, width + 2 * half
     dtype = image.dtype
     image, fill = image.to(acc_dtype(dtype)), fill.to(acc_dtype(dtype))
     flow = flow.detach().to(acc_dtype(dtype))
@@ -109,6 +108,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
         return reference.volume_format(out.to(dtype), out_dtype, channels_last)
     gray_image, gray_fill = reference.to_gray(image), reference.to_gray(fill)
     target_x, target_y = _pixel_volume_targets(flow, half)
+    padded_h, padded_w = height + 2 * half, width + 2 * half
 
     # Candidate (i, j) of q is copy (j, i) of the unfold at (target_y + h, target_x + h).
     extended = F.pad(gray_image, (2 * half,) * 4)

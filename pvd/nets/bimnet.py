@@ -24,6 +24,8 @@ from torch import nn
 
 from pvd import kernels
 
+from .layout import memory_format_of
+
 # Decoder levels, finest to coarsest. Level L has 1 / 2**(L-1) of the input resolution.
 LEVELS = (2, 3, 4, 5, 6)
 PYRAMID_LEVELS = (1, 2, 3, 4, 5, 6)
@@ -75,14 +77,6 @@ def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) ->
         if index < len(pairs) - 1 or last_activation:
             layers.append(_leaky_relu())
     return nn.Sequential(*layers)
-
-
-def _layout(conv: nn.Module) -> torch.memory_format:
-    """The memory format of `conv`'s weight (channels_last after `model.to(memory_format=...)`)."""
-    weight = conv.weight
-    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> torch.Tensor:
@@ -173,7 +167,7 @@ class Matching(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
-        layout = _layout(self.flow_head[0])
+        layout = memory_format_of(self.flow_head[0])
         f1, f2 = _grads_in(layout, f1, f2)
         flow = None
         if coarse_flow is not None:
@@ -201,7 +195,7 @@ class Subpixel(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
-        layout = _layout(self.flow_head[0])
+        layout = memory_format_of(self.flow_head[0])
         f1, f2 = _grads_in(layout, f1, f2)
         f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
         return flow + self.flow_head(_cat_channels([f1, f2, flow], layout))
@@ -242,7 +236,7 @@ class Regularization(nn.Module):
         mean_free_flow = flow - flow.mean(dim=(2, 3), keepdim=True)
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
-        layout = _layout(self.trunk[0])
+        layout = memory_format_of(self.trunk[0])
         f1, = _grads_in(layout, f1)
         distance = self.distance(self.trunk(_cat_channels([brightness_error, mean_free_flow, f1], layout)))
         logits = -distance.square()

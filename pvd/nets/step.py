@@ -39,6 +39,7 @@ from torch import nn
 
 from .. import kernels
 from ..frames import to_unit
+from .layout import memory_format_of
 
 SIZE_POLICIES = ("pad", "original")
 FLOW_SIZE_MULTIPLE = 32  # BIMNet: five stride-2 stages
@@ -171,9 +172,7 @@ def _volume_dtype(device: torch.device, autocast_dtype: torch.dtype | None) -> t
 
 
 def _uses_channels_last(module) -> bool:
-    weight = next((p for p in module.parameters() if p.dim() == 4), None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
-        and not weight.is_contiguous()
+    return memory_format_of(module) == torch.channels_last
 
 
 class ZeroFlow(nn.Module):

@@ -1,5 +1,5 @@
 """Imported first by every benchmark, before torch loads: the process defaults the pvd CLI applies
-(`pvd.process_env`: huge pages for large CPU tensors, passive OpenMP waiting), so that benchmarks measure pvd
+(`pvd.process_env`: passive OpenMP waiting, freed memory kept for reuse), so that benchmarks measure pvd
 as `pvd` runs it. A checkout of an older pvd without that module (a "before" row) runs with its own defaults."""
 
 import sys

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .process_env import apply_defaults
 
-apply_defaults()  # passive OpenMP waiting and huge pages: read by torch when it loads, so before any torch import
+apply_defaults()  # passive OpenMP waiting (read by torch when it loads, so before any torch import), freed memory kept
 
 import argparse  # noqa: E402
 import importlib

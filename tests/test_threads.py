@@ -20,7 +20,7 @@ def test_default_threads_is_the_available_cpus_capped(cpus, expected):
 
 
 def test_the_cli_sets_the_process_defaults_before_torch_loads():
-    """Passive OpenMP waiting and huge pages: set by pvd.cli at import, before any torch import in a `pvd`
+    """Passive OpenMP waiting: set by pvd.cli at import, before any torch import in a `pvd`
     process (checked in a fresh one), and a value the user set wins."""
     import os
     import subprocess
@@ -36,9 +36,9 @@ def test_the_cli_sets_the_process_defaults_before_torch_loads():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [DEFAULTS[name] for name in sorted(DEFAULTS)]
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**env, "THP_MEM_ALLOC_ENABLE": "0"})
+                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[sorted(DEFAULTS).index("THP_MEM_ALLOC_ENABLE")] == "0"
+    assert done.stdout.split()[sorted(DEFAULTS).index("OMP_WAIT_POLICY")] == "ACTIVE"
 
 
 def test_available_cpus_follows_the_affinity_mask():

@@ -81,8 +81,10 @@ def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) ->
 
 def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> torch.Tensor:
     """torch.cat along channels, in `layout`: the next conv then neither converts its input nor, in backward,
-    its saved input and its gradient (a cat of mixed layouts comes out contiguous)."""
-    return torch.cat(tensors, dim=1).contiguous(memory_format=layout)
+    its saved input and its gradient. Each part is put in `layout` first (a cat of mixed layouts, or one led by
+    a single-channel tensor, comes out contiguous): only the parts not in it yet are copied, not the whole."""
+    return torch.cat([part.contiguous(memory_format=layout) for part in tensors], dim=1).contiguous(
+        memory_format=layout)
 
 
 class _GradLayout(torch.autograd.Function):

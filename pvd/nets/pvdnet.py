@@ -85,11 +85,12 @@ class PVDNet(nn.Module):
             x = x + block(x)
         x = self.res_end(x) + quarter
 
-        x = F.relu_(self.up_half(x) + half)  # in place: each input is a fresh sum or conv output
+        # In place on fresh conv outputs, which no backward reads: no new full-size tensor per sum.
+        x = F.relu_(self.up_half(x).add_(half))
         x = F.relu_(self.refine_half(x))
-        x = F.relu_(self.up_full(x) + full)
+        x = F.relu_(self.up_full(x).add_(full))
         x = F.relu_(self.refine_full(x))
-        return curr + self.to_residual(x)
+        return self.to_residual(x).add_(curr)
 
 
 class PVDNetLarge(PVDNet):

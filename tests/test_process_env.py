@@ -1,0 +1,78 @@
+"""pvd.process_env: freed memory stays in the process (glibc), and the user's own allocator settings win."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# In a fresh process: allocate and free a 256 MiB tensor, then a 192 MiB one; report the heap mapping's size after
+# each (MiB), and whether the setting was applied.
+_PROBE = """
+import sys
+from pvd.process_env import retain_freed_memory
+applied = retain_freed_memory() if sys.argv[1] == "retain" else False
+import torch
+
+def heap_mib():
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            start, end = (int(part, 16) for part in line.split()[0].split("-"))
+            return (end - start) >> 20
+    return 0
+
+sizes = []
+for mib in (256, 192):
+    block = torch.ones(mib << 18)  # float32
+    del block
+    sizes.append(heap_mib())
+print(applied, *sizes)
+"""
+
+
+def _probe(mode: str, **env) -> list[str]:
+    clean = {key: value for key, value in os.environ.items()
+             if not key.startswith("MALLOC_") and key not in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")}
+    done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120,
+                          env={**clean, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _glibc() -> bool:
+    import ctypes
+
+    try:
+        return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason="retaining freed memory is a glibc setting (Linux)")
+def test_freed_tensors_stay_in_the_heap_and_are_reused():
+    """(glibc's memalign splits a few bytes off every block, so a freed block is reused by smaller requests
+    and, once freed neighbours merge, by equal ones: hence 192 after 256.)"""
+    applied, first, second = _probe("retain")
+    assert applied == "True"
+    assert int(first) >= 256, "the freed 256 MiB tensor was handed back to the kernel"
+    assert int(second) == int(first), "the 192 MiB tensor did not reuse the freed 256 MiB"
+    # Without it, glibc maps so large a tensor on its own and unmaps it when freed: the heap stays small.
+    applied, first, second = _probe("plain")
+    assert applied == "False" and int(first) < 192 and int(second) < 192
+
+
+@pytest.mark.skipif(not _glibc(), reason="retaining freed memory is a glibc setting (Linux)")
+@pytest.mark.parametrize("variable, value", [("MALLOC_TRIM_THRESHOLD_", "131072"),
+                                             ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")])
+def test_the_users_allocator_settings_win(variable, value):
+    applied, first, second = _probe("retain", **{variable: value})
+    assert applied == "False" and int(first) < 192 and int(second) < 192
+
+
+def test_apply_defaults_keeps_the_users_values(monkeypatch):
+    from pvd import process_env
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(process_env, "retain_freed_memory", lambda: True)
+    process_env.apply_defaults()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -173,7 +173,10 @@ def append_rows(csv_path, rows: list[dict]) -> None:
         return
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    existing = csv_path.read_text() if csv_path.is_file() else ""
+    existing = ""
+    if csv_path.is_file():
+        with open(csv_path, newline="") as handle:  # as written: the csv module's \r\n line ends stay
+            existing = handle.read()
     old_rows: list[dict] = []
     if existing.strip():
         reader = csv.DictReader(existing.splitlines())
@@ -188,7 +191,7 @@ def append_rows(csv_path, rows: list[dict]) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             if existing and not added:  # the old lines stay byte for byte
-                handle.write(existing if existing.endswith("\n") else existing + "\n")
+                handle.write(existing if existing.endswith("\n") else existing + "\r\n")
             writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
             if not existing or added:
                 writer.writeheader()

@@ -9,7 +9,8 @@ already set in the environment wins.
   unmaps it when freed, so the kernel faults every frame's activations in again, page by page. Served from a
   heap that keeps what was freed, a 1280x720 step reuses the memory of the one before. Measured on the 2-core
   development machine, steady-state 720p step on 1 thread: 10.4 s → 9.1 s. The process keeps its peak memory
-  until it exits, as a GPU caching allocator does.
+  until it exits, as a GPU caching allocator does, and glibc's heap fragments (see the README's CPU path for
+  the resident sizes measured).
 
 PyTorch's `THP_MEM_ALLOC_ENABLE=1` (transparent huge pages for large tensors) is not set: with the memory
 retained it gained nothing in the steady state there, and made each process's first steps slower (14-15 s

@@ -13,7 +13,7 @@ already set in the environment wins.
   the resident sizes measured).
 
 PyTorch's `THP_MEM_ALLOC_ENABLE=1` (transparent huge pages for large tensors) is not set: with the memory
-retained it gained nothing in the steady state there, and made each process's first steps slower (14-15 s
+retained it gained nothing in the steady state there, and made each process's first steps slower (11-15 s
 instead of 10 s for the first 720p step), because fresh huge pages are expensive to fault in on that virtual
 machine. Set it yourself where it pays.
 

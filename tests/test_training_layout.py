@@ -165,3 +165,30 @@ def test_shared_pyramids_give_the_stacked_pairs_loss_and_gradients(pairs):
     stacked = losses.blur_invariant_flows(_Opaque(bimnet), *frames, pairs=pairs)
     for pair in pairs:
         torch.testing.assert_close(flows[pair], stacked[pair], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cat_led_by_one_channel_comes_out_channels_last_itself():
+    """A single-channel NCHW tensor passes for channels_last, and torch.cat led by it comes out NCHW (a copy
+    of the whole cat to convert it): BIMNet's cat gives that part channel stride 1 first."""
+    from pvd.nets.bimnet import _cat_channels
+
+    cl = torch.channels_last
+    brightness = torch.rand(2, 4, 9, 7).square().sum(dim=1, keepdim=True)  # (2, 1, 9, 7), NCHW strides
+    flow = torch.rand(2, 2, 9, 7).contiguous(memory_format=cl)
+    features = torch.rand(2, 5, 9, 7).contiguous(memory_format=cl)
+    assert brightness.is_contiguous(memory_format=cl) and brightness.stride(1) != 1
+    assert not torch.cat([brightness, flow, features], dim=1).is_contiguous(memory_format=cl)  # torch's own
+    catted = torch.cat
+    outputs = []
+
+    def spy(tensors, dim=0):
+        outputs.append(catted(tensors, dim))
+        return outputs[-1]
+
+    torch.cat = spy
+    try:
+        result = _cat_channels([brightness, flow, features], cl)
+    finally:
+        torch.cat = catted
+    assert outputs[0].is_contiguous(memory_format=cl) and result.data_ptr() == outputs[0].data_ptr()
+    torch.testing.assert_close(result, catted([brightness, flow, features], dim=1), rtol=0, atol=0)

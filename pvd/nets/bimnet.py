@@ -81,10 +81,18 @@ def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) ->
 
 def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> torch.Tensor:
     """torch.cat along channels, in `layout`: the next conv then neither converts its input nor, in backward,
-    its saved input and its gradient. Each part is put in `layout` first (a cat of mixed layouts, or one led by
-    a single-channel tensor, comes out contiguous): only the parts not in it yet are copied, not the whole."""
-    return torch.cat([part.contiguous(memory_format=layout) for part in tensors], dim=1).contiguous(
-        memory_format=layout)
+    its saved input and its gradient. Each part is put in `layout` first (a cat of mixed layouts comes out
+    contiguous): only the parts not in it yet are copied, not the whole."""
+    return torch.cat([_in_layout(part, layout) for part in tensors], dim=1).contiguous(memory_format=layout)
+
+
+def _in_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """x with `layout`'s strides. A single-channel tensor counts as contiguous in both layouts, so
+    `.contiguous(memory_format=channels_last)` keeps its NCHW strides, and torch.cat led by it then makes the
+    whole cat NCHW; cloning gives it channel stride 1 (a copy of one channel)."""
+    if layout == torch.channels_last and x.shape[1] == 1 and x.stride(1) != 1:
+        return x.clone(memory_format=layout)
+    return x.contiguous(memory_format=layout)
 
 
 class _GradLayout(torch.autograd.Function):

@@ -13,7 +13,8 @@ already on the GPU: decoding and encoding are not timed. Weights are random (see
 the speed does not depend on them, the PSNR column only partly does. `--weights pvdnet=PATH` gives one model
 its checkpoint and leaves the others random.
 
-CPU: seconds per frame, fp32, eager, PVDNet only, over --cpu-frames frames (default 1); these rows say
+CPU: seconds per frame, fp32, eager, PVDNet only, over --cpu-frames frames (default 1) after --cpu-warmup untimed
+ones (default 0: the process's first, cold step is timed too); these rows say
 device "cpu" and are never compared with GPU rows. In the same run the machine's conv throughput is measured
 (ROOFLINE_CONV, a large channels_last 3x3 convolution, before and after the step) and the step's FLOP counted
 (FlopCounterMode on meta tensors); bench/results/cpu_roofline.csv gets the step time over the time those FLOP
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30, help="timed frames per configuration on the GPU")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (compilation included)")
     parser.add_argument("--cpu-frames", type=int, default=1, help="timed frames on the CPU")
+    parser.add_argument("--cpu-warmup", type=int, default=0, help="untimed frames first on the CPU")
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
     parser.add_argument("--models", default="pvdnet,pvdnet_large")
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions.split(",") if on_gpu else ["fp32"]
     compiles = [c == "on" for c in args.compile.split(",")] if on_gpu else [False]
     count = max(args.frames if on_gpu else args.cpu_frames, 1)  # every frame is timed (the last one at flush)
-    warmup = args.warmup if on_gpu else 0
+    warmup = args.warmup if on_gpu else (0 if args.dry_run else args.cpu_warmup)
     if not on_gpu:
         print(f"CPU run: fp32, eager, {', '.join(MODEL_NAMES[name] for name in models)}, {count} timed frame(s) of "
               f"{width}x{height}, CPU kernels (pvd.kernels.cpu) - report: seconds per frame (CPU, not a GPU number)")

@@ -62,11 +62,47 @@ def test_freed_tensors_stay_in_the_heap_and_are_reused():
 
 
 @pytest.mark.skipif(not _glibc(), reason="retaining freed memory is a glibc setting (Linux)")
-@pytest.mark.parametrize("variable, value", [("MALLOC_TRIM_THRESHOLD_", "131072"),
-                                             ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")])
-def test_the_users_allocator_settings_win(variable, value):
-    applied, first, second = _probe("retain", **{variable: value})
+def test_the_users_allocator_settings_win():
+    applied, first, second = _probe("retain", MALLOC_TRIM_THRESHOLD_="131072")
     assert applied == "False" and int(first) < 192 and int(second) < 192
+
+
+@pytest.mark.parametrize("variable, value", [("MALLOC_MMAP_THRESHOLD_", "131072"), ("MALLOC_TOP_PAD_", "0"),
+                                             ("GLIBC_TUNABLES", "glibc.cpu.x86_shstk=on:glibc.malloc.tcache_count=0")])
+def test_any_glibc_malloc_setting_leaves_the_allocator_alone(monkeypatch, variable, value):
+    from pvd import process_env
+
+    monkeypatch.setenv(variable, value)
+    assert process_env.retain_freed_memory() is False
+
+
+def test_other_glibc_tunables_do_not_count(monkeypatch):
+    from pvd import process_env
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_shstk=on")
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    monkeypatch.setattr(process_env.ctypes, "CDLL", lambda name: calls.append(name) or _FakeLibc())
+    assert process_env.retain_freed_memory() is (sys.platform.startswith("linux"))
+    assert calls == ([None] if sys.platform.startswith("linux") else [])
+
+
+class _FakeLibc:
+    """Stands in for glibc: records mallopt calls instead of changing this test process's allocator."""
+
+    def __init__(self):
+        self.gnu_get_libc_version = object()
+        self.mallopt = _FakeMallopt()
+
+
+class _FakeMallopt:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, parameter, value):
+        self.calls.append((parameter, value))
+        return 1
 
 
 def test_apply_defaults_keeps_the_users_values(monkeypatch):

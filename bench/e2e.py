@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit = TimeLimit(args.time_limit)  # from here: rendering the clip and building the models count too
     if args.dry_run:
-        args.size, args.frames, args.cpu_frames, args.warmup = (DRY_RUN["size"], DRY_RUN["frames"],
-                                                                DRY_RUN["frames"], DRY_RUN["warmup"])
+        args.size, args.frames, args.cpu_frames = DRY_RUN["size"], DRY_RUN["frames"], DRY_RUN["frames"]
+        args.warmup = args.cpu_warmup = DRY_RUN["warmup"]
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions.split(",") if on_gpu else ["fp32"]
     compiles = [c == "on" for c in args.compile.split(",")] if on_gpu else [False]
     count = max(args.frames if on_gpu else args.cpu_frames, 1)  # every frame is timed (the last one at flush)
-    warmup = args.warmup if on_gpu else (0 if args.dry_run else args.cpu_warmup)
+    warmup = args.warmup if on_gpu else args.cpu_warmup
     if not on_gpu:
         print(f"CPU run: fp32, eager, {', '.join(MODEL_NAMES[name] for name in models)}, {count} timed frame(s) of "
               f"{width}x{height}, CPU kernels (pvd.kernels.cpu) - report: seconds per frame (CPU, not a GPU number)")

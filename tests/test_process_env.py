@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -83,32 +84,8 @@ def test_other_glibc_tunables_do_not_count(monkeypatch):
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
         monkeypatch.delenv(name, raising=False)
     calls = []
-    monkeypatch.setattr(process_env.ctypes, "CDLL", lambda name: calls.append(name) or _FakeLibc())
+    # Stands in for glibc, so that this test process's allocator stays as it is.
+    fake_libc = types.SimpleNamespace(gnu_get_libc_version=object(), mallopt=lambda parameter, value: 1)
+    monkeypatch.setattr(process_env.ctypes, "CDLL", lambda name: calls.append(name) or fake_libc)
     assert process_env.retain_freed_memory() is (sys.platform.startswith("linux"))
     assert calls == ([None] if sys.platform.startswith("linux") else [])
-
-
-class _FakeLibc:
-    """Stands in for glibc: records mallopt calls instead of changing this test process's allocator."""
-
-    def __init__(self):
-        self.gnu_get_libc_version = object()
-        self.mallopt = _FakeMallopt()
-
-
-class _FakeMallopt:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, parameter, value):
-        self.calls.append((parameter, value))
-        return 1
-
-
-def test_apply_defaults_keeps_the_users_values(monkeypatch):
-    from pvd import process_env
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.setattr(process_env, "retain_freed_memory", lambda: True)
-    process_env.apply_defaults()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

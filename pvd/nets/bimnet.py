@@ -87,10 +87,10 @@ def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> t
 
 
 def _in_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-    """x with `layout`'s strides. A single-channel tensor counts as contiguous in both layouts, so
-    `.contiguous(memory_format=channels_last)` keeps its NCHW strides, and torch.cat led by it then makes the
-    whole cat NCHW; cloning gives it channel stride 1 (a copy of one channel)."""
-    if layout == torch.channels_last and x.shape[1] == 1 and x.stride(1) != 1:
+    """x with `layout`'s strides. channels_last means channel stride 1: a single-channel NCHW tensor counts as
+    contiguous in both layouts, so `.contiguous(memory_format=channels_last)` would keep its NCHW strides, and
+    torch.cat led by it then makes the whole cat NCHW."""
+    if layout == torch.channels_last and x.stride(1) != 1:
         return x.clone(memory_format=layout)
     return x.contiguous(memory_format=layout)
 

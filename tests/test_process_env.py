@@ -89,3 +89,12 @@ def test_other_glibc_tunables_do_not_count(monkeypatch):
     monkeypatch.setattr(process_env.ctypes, "CDLL", lambda name: calls.append(name) or fake_libc)
     assert process_env.retain_freed_memory() is (sys.platform.startswith("linux"))
     assert calls == ([None] if sys.platform.startswith("linux") else [])
+
+
+def test_apply_defaults_keeps_the_users_values(monkeypatch):
+    from pvd import process_env
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(process_env, "retain_freed_memory", lambda: True)
+    process_env.apply_defaults()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -15,11 +15,13 @@ gradient image and sums them.
 
 Correlation (`correlation_of_samples`): the cost volume of `pvd.kernels.cpu.correlation` on the stride-grid
 samples a, b (B, C, Ho, Wo) of f1 and f2 -> (B, D*D, Ho, Wo), D = 2d + 1: the mean over channels of a * (b
-shifted by the displacement, zero outside). For each image row, each (channel, displacement) pair is one
-multiply-add loop along the row (left to LLVM to vectorise) into the row's D*D output rows, which stay in L1 while
-the channels stream through. Forward bands are image rows, backward bands channels. Measured against
-alternatives on the development CPU: flat row chunks sized for L2 were slower forward and no faster
-backward; tiled batched matmuls (the eager fallback) were 1.3-2.5x slower at the stride-1 levels.
+shifted by the displacement, zero outside). For each image row, each (channel block, displacement) pair is one
+multiply-add loop along the row (left to LLVM to vectorise) into the row's D*D accumulator rows, a contiguous
+block that stays in L1 while the channels stream through, four channels per pass. Forward bands are image rows,
+backward bands channels. Measured against alternatives on the development CPU: flat row chunks sized for L2
+were slower forward and no faster backward; tiled batched matmuls (the eager fallback) were 1.3-2.5x slower at
+the stride-1 levels; accumulating in the output's own rows was 3-5x slower at 32x32 and 64x64 (see
+`_correlate`).
 """
 
 from __future__ import annotations
@@ -262,31 +264,49 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
 # --------------------------------------------------------------------------------------------- correlation
 
 
+CHANNEL_BLOCK = 4  # correlation forward: channels per pass over the accumulator rows (the loop is written out for 4)
+
+
 @_compiled
 def _correlate(a, g, max_displacement, row_start, row_stop, out):
     """out[b, dy, dx, y, x] = mean over channels of a[b, c, y, x] * g[b, c, y + dy, x + dx] for image rows
-    [row_start, row_stop). a (B, C, Ho, Wo); g (B, C, Ho + 2d, Wo + 2d); out (B, D, D, Ho, Wo), written
-    without being read first (the first channel assigns, the last one scales by 1 / C)."""
+    [row_start, row_stop). a (B, C, Ho, Wo); g (B, C, Ho + 2d, Wo + 2d); out (B, D, D, Ho, Wo), written once.
+
+    The D*D rows of image row y accumulate in a contiguous scratch block (D, D, Wo), which stays in L1, and are
+    scaled by 1 / C into out at the end: out's own rows lie Ho*Wo apart, which for power-of-two sizes maps them
+    all onto the same L1 sets (3-5x slower at 32x32 and 64x64). Each pass over the block adds CHANNEL_BLOCK
+    channels (pairwise), so the block is loaded and stored once per CHANNEL_BLOCK channels, not per channel."""
     batch, channels, _, width = a.shape
     size = 2 * max_displacement + 1
     scale = 1.0 / channels
+    block = np.empty((size, size, width), dtype=a.dtype)
     for b in range(batch):
         for y in range(row_start, row_stop):
-            for c in range(channels):  # the D*D output rows of image row y stay in L1 while channels stream
-                a_row = a[b, c, y]
+            block[:] = 0
+            c = 0
+            while c + CHANNEL_BLOCK <= channels:
+                a0, a1, a2, a3 = a[b, c, y], a[b, c + 1, y], a[b, c + 2, y], a[b, c + 3, y]
                 for dy in range(size):
-                    g_row = g[b, c, y + dy]
+                    g0, g1, g2, g3 = g[b, c, y + dy], g[b, c + 1, y + dy], g[b, c + 2, y + dy], g[b, c + 3, y + dy]
                     for dx in range(size):
-                        out_row = out[b, dy, dx, y]
-                        if c == 0:
-                            for x in range(width):
-                                out_row[x] = a_row[x] * g_row[x + dx]
-                        else:
-                            for x in range(width):
-                                out_row[x] += a_row[x] * g_row[x + dx]
-                        if c == channels - 1:
-                            for x in range(width):
-                                out_row[x] *= scale
+                        row = block[dy, dx]
+                        for x in range(width):
+                            row[x] += ((a0[x] * g0[x + dx] + a1[x] * g1[x + dx])
+                                       + (a2[x] * g2[x + dx] + a3[x] * g3[x + dx]))
+                c += CHANNEL_BLOCK
+            for c in range(c, channels):
+                a0 = a[b, c, y]
+                for dy in range(size):
+                    g0 = g[b, c, y + dy]
+                    for dx in range(size):
+                        row = block[dy, dx]
+                        for x in range(width):
+                            row[x] += a0[x] * g0[x + dx]
+            for dy in range(size):
+                for dx in range(size):
+                    row, out_row = block[dy, dx], out[b, dy, dx, y]
+                    for x in range(width):
+                        out_row[x] = row[x] * scale
 
 
 @_compiled

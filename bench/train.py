@@ -14,8 +14,9 @@ is `torch.cuda.max_memory_allocated` over the timed clips. Clips are synthetic (
 across the clip, the sharp frames a little crisper than the blurry ones), already on the device: data loading
 is not timed. Weights are random (seeded); speed does not depend on them.
 
-CPU: a tiny labelled run (batch 2, 64x64, 4-frame clips, fp32, eager) that checks the machinery; its rows say
-"CPU" in the device column and are no training-speed measurement.
+CPU: by default a tiny run (batch 2, 64x64, 4-frame clips, eager; fp32, and bf16 autocast for PVDNet where the CPU
+has native bf16) that checks the machinery; its rows say "CPU" in the device column. Give the crops and batches of
+a CPU recipe (e.g. --batch 4 --size 96) for a CPU training-speed measurement.
 
 Rows are appended to the CSV as each configuration ends. `--time-limit` (bench/_budget.py): a configuration
 starts only while time is left, and times fewer clips (at least one, column clips_timed) when its share of
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
 from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
 
+from pvd.runtime import cpu_has_native_bf16  # noqa: E402
 from pvd.training import load_config  # noqa: E402
 from pvd.training.stages import build_trainer  # noqa: E402
 
@@ -155,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {unknown}; choose from {sorted(STAGE_SETTINGS)}")
     precisions = [p for p in args.precisions.split(",") if p]
     compiles = [c == "on" for c in args.compile.split(",") if c]
-    if not on_gpu:  # the tiny CPU check: fp32 eager, PVDNet and BIMNet, the CPU kernels (pvd.kernels.cpu)
+    if not on_gpu:  # eager, PVDNet and BIMNet, the CPU kernels (pvd.kernels.cpu); bf16 only where the CPU has it
         os.environ["TRITON_INTERPRET"] = "0"
-        precisions, compiles = ["fp32"], [False]
+        precisions = [p for p in precisions if p == "fp32" or (p == "bf16" and cpu_has_native_bf16())]
+        compiles = [False]
         stages = [s for s in stages if s != "pvdnet_large" or args.dry_run]
 
     env = describe_environment(None if on_gpu else PATH_CPU_REFERENCE)

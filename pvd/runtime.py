@@ -29,19 +29,31 @@ def resolve_device(device: str | torch.device = "auto", index: int | None = None
 
 
 def resolve_precision(precision: str, device: torch.device, fp16_fallback: bool = True) -> torch.dtype | None:
-    """PVDNet's autocast dtype, None meaning fp32. The CPU runs fp32 ('bf16' / 'fp16' there: ValueError).
+    """PVDNet's autocast dtype, None meaning fp32.
 
     'auto' on CUDA: bf16 where supported, else fp16 (or fp32 when not `fp16_fallback`, as training wants:
-    fp16 training would need loss scaling).
+    fp16 training would need loss scaling). 'auto' on a CPU: bf16 where the CPU computes in bf16 natively
+    (`cpu_has_native_bf16`: oneDNN's bf16 convolutions ran 2.5x faster than fp32 on the development CPU), else
+    fp32. 'bf16' on a CPU is honoured (slow without native bf16); 'fp16' on a CPU is a ValueError.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise ValueError(f"precision {precision!r} needs a CUDA device; the CPU runs fp32")
-        return None
+        if precision == "fp16" or (precision == "bf16" and device.type != "cpu"):
+            raise ValueError(f"precision {precision!r} needs a CUDA device"
+                             + ("; a CPU runs 'bf16' or 'fp32'" if device.type == "cpu" else ""))
+        if precision == "auto":
+            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+        return AUTOCAST_DTYPES[precision]
     if precision == "auto":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if fp16_fallback else None
     return AUTOCAST_DTYPES[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (AVX512_BF16 or AMX) that oneDNN's bf16 convolutions
+    use; without them bf16 is emulated and slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.backends.mkldnn.is_available() and any(getattr(torch.cpu, name, lambda: False)() for name in probes)

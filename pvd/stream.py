@@ -5,7 +5,8 @@ The recurrence is `pvd.nets.step.Recurrence` (frame t uses frames clamp(t-1), t,
 output; the first frame's previous output is the first blurry frame); this module adds frame formats (numpy
 uint8/uint16 or tensors, `pvd.frames`), device and precision (`pvd.runtime`) and file handling (`pvd.video_io`).
 B clips run in lockstep when given (B, ...) frames. PVDNet runs under bf16/fp16 autocast on CUDA; BIMNet, the
-flow and the pixel volume stay fp32; the CPU runs fp32.
+flow and the pixel volume stay fp32; on a CPU, bf16 autocast when asked or, by default, where the CPU has native
+bf16 (`pvd.runtime.resolve_precision`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class VideoDeblurrer:
     3-frame window and the previous output are kept.
 
     model: a `pvd.nets.DeblurNet` or anything holding `.bimnet` and `.pvdnet` (moved to `device`, put in eval
-    mode). precision: 'auto' | 'fp32' |
-    'bf16' | 'fp16' (autocast only on CUDA). channels_last: the networks' memory format (`place`).
+    mode). precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (fp16 only on CUDA; see `pvd.runtime.resolve_precision`).
+    channels_last: the networks' memory format (`place`).
     compile: wrap both networks in torch.compile. tile, tile_overlap: tiled steps (`pvd.tiling.TiledStep`;
     an int, or 'auto'), None: whole frames.
     """

@@ -232,7 +232,7 @@ def test_zero_flow_ablation_feeds_zero_flow_pixel_volumes(tmp_path):
         model = IdentityModel()
         model.bimnet, model.pvdnet = ConstantFlow(), RecordingPassThrough()
         summary = evaluate.evaluate(tmp_path / "data", tmp_path / f"out_{zero_flow}", model=model, device="cpu",
-                                    zero_flow=zero_flow, progress=False)
+                                    precision="fp32", zero_flow=zero_flow, progress=False)
         assert summary["settings"]["zero_flow"] is zero_flow
         assert ("zero flow" in (tmp_path / f"out_{zero_flow}" / "summary.md").read_text()) is zero_flow
         calls = model.pvdnet.calls

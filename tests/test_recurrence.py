@@ -56,8 +56,9 @@ def clip(tmp_path_factory):
 
 def test_the_four_users_run_the_same_recurrence(clip, tmp_path, monkeypatch):
     data, path, blurry, sharp = clip
-    # One memory format for every user (the streaming deblurrer and pvd eval would otherwise switch the networks
-    # to channels_last, whose convolutions round differently): this test is about the recurrence rule.
+    # One memory format and one precision for every user (the streaming deblurrer and pvd eval would otherwise
+    # switch the networks to channels_last, whose convolutions round differently, and on a CPU with native bf16
+    # run PVDNet under bf16 autocast): this test is about the recurrence rule.
     monkeypatch.setattr(step, "CHANNELS_LAST_BY_DEFAULT", False)
     frames = [frame.unsqueeze(0) for frame in blurry]
 
@@ -71,10 +72,11 @@ def test_the_four_users_run_the_same_recurrence(clip, tmp_path, monkeypatch):
     assert any(out.abs().max() > 1 for out in outputs[:-1])
 
     streaming = recorded(model := weights.load_model(path))
-    list(VideoDeblurrer(model, device="cpu").run(blurry))
+    list(VideoDeblurrer(model, device="cpu", precision="fp32").run(blurry))
 
     scoring = recorded(model := weights.load_model(path))
-    evaluate.evaluate(data, tmp_path / "eval", model=model, device="cpu", border=0, progress=False)
+    evaluate.evaluate(data, tmp_path / "eval", model=model, device="cpu", precision="fp32", border=0,
+                      progress=False)
 
     config = load_config(None, ["run.stage='pvdnet'", "run.device='cpu'", "run.precision='fp32'",
                                 f"model.bimnet_weights='{path}'", f"model.init_weights='{path}'",

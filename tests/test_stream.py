@@ -245,10 +245,40 @@ def test_bad_options():
     with pytest.raises(ValueError, match="size_policy"):
         VideoDeblurrer(StandInModel(), device="cpu", size_policy="crop")
     with pytest.raises(ValueError, match="CUDA"):
-        VideoDeblurrer(StandInModel(), device="cpu", precision="bf16")
-    assert runtime.resolve_precision("auto", torch.device("cpu")) is None
+        VideoDeblurrer(StandInModel(), device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="precision"):
         runtime.resolve_precision("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_auto_is_bf16_only_with_native_bf16(native, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16 if native else None)
+    assert runtime.resolve_precision("auto", cpu, fp16_fallback=False) == (torch.bfloat16 if native else None)
+    assert runtime.resolve_precision("bf16", cpu) == torch.bfloat16  # asked for: honoured either way
+    assert runtime.resolve_precision("fp32", cpu) is None
+
+
+def test_cpu_bf16_runs_pvdnet_under_autocast_and_stays_close_to_fp32():
+    """precision='bf16' on the CPU: PVDNet's convolutions compute in bf16 (BIMNet's stay fp32); the output is
+    within bf16 rounding of the fp32 one."""
+    torch.manual_seed(0)
+    model = DeblurNet().eval()
+    seen = {}
+    first_conv = {"pvdnet": next(m for m in model.pvdnet.modules() if isinstance(m, nn.Conv2d)),
+                  "bimnet": next(m for m in model.bimnet.modules() if isinstance(m, nn.Conv2d))}
+    for name, conv in first_conv.items():
+        conv.register_forward_hook(
+            lambda module, inputs, output, name=name: seen.setdefault(name, set()).add(output.dtype))
+    frames = [torch.rand(3, 32, 40) * 2 - 1 for _ in range(3)]
+    outputs = {precision: list(VideoDeblurrer(model, device="cpu", precision=precision).run(frames))
+               for precision in ("fp32", "bf16")}
+    assert seen == {"pvdnet": {torch.float32, torch.bfloat16}, "bimnet": {torch.float32}}
+    for fp32, bf16 in zip(outputs["fp32"], outputs["bf16"], strict=True):
+        assert bf16.dtype == torch.float32
+        torch.testing.assert_close(bf16, fp32, atol=5e-2, rtol=0)
+        assert not torch.equal(bf16, fp32)
 
 
 def test_triton_path_matches_the_reference_path(device, monkeypatch):

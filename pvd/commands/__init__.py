@@ -71,7 +71,8 @@ def add_model_options(parser: argparse.ArgumentParser, size_policy: bool = True)
                              f"default {DEFAULT_WEIGHTS}")
     parser.add_argument("--device", choices=runtime.DEVICES, default="auto")
     parser.add_argument("--precision", choices=runtime.PRECISIONS, default="auto",
-                        help="PVDNet autocast precision on CUDA (auto: bf16 where supported); the CPU runs fp32")
+                        help="PVDNet autocast precision (auto: bf16 on a GPU that has it or a CPU with native bf16 "
+                             "(AVX512_BF16 / AMX), else fp32; fp16 only on GPUs)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="CPU threads of PyTorch (default: the CPUs this process may use minus the machine's "
                              "load, 1 for frames under 160x160; see pvd/threads.py)")

@@ -46,7 +46,7 @@ class RunConfig:
     max_steps: int = 600_000  # optimizer steps (stage 2: 13 per 15-frame clip)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    precision: str = "fp32"  # "fp32" (as the original) | "bf16" (autocast, CUDA) | "auto" (bf16 on CUDA, else fp32)
+    precision: str = "fp32"  # "fp32" (as the original) | "bf16" (autocast) | "auto" (bf16 where native, else fp32)
     compile: bool = False  # torch.compile the trained network
     channels_last: str = "auto"  # networks' memory format: "auto" (channels_last on CPU only) | "on" | "off"
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)

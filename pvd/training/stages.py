@@ -8,9 +8,9 @@ with its own optimizer step; the previous output is detached and starts as the f
 Both: RAdam with decoupled weight decay, global grad-norm clipping, a LambdaLR stepped after every optimizer
 step, a fresh init of the trained network (Xavier-uniform for PVDNet, `pvd.nets.bimnet.init_for_training` for
 BIMNet), optional DistributedDataParallel and torch.compile, and on CPU the networks in channels_last
-(`run.channels_last`; checkpoints and weights do not depend on it). Stage 2
-runs PVDNet under bf16 autocast on CUDA (BIMNet, flow and pixel volume stay fp32, as in `pvd.nets.step`)
-and validates with the clip recurrence every user of the model shares (`pvd.nets.run_clip`).
+(`run.channels_last`; checkpoints and weights do not depend on it). Stage 2 runs PVDNet under bf16 autocast
+when asked (`run.precision`; "auto" means bf16 on a CUDA device that has it or a CPU with native bf16, see
+`pvd.runtime.resolve_precision`; BIMNet, flow and pixel volume stay fp32, as in `pvd.nets.step`) and validates with the clip recurrence every user of the model shares (`pvd.nets.run_clip`).
 Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]).
 """
 
@@ -69,7 +69,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, device: torch.device, distributed: bool = False):
         self.config = config
         self.device = device
-        # bf16 autocast on a CUDA device that has it ("auto"); fp32 otherwise (fp16 would need loss scaling)
+        # "auto": bf16 autocast on a CUDA device or CPU that has it; fp32 otherwise (fp16 would need loss scaling)
         self.autocast_dtype = resolve_precision(config.run.precision, device, fp16_fallback=False)
         self.model, self.trained = self._build()
         self.model.to(device)

@@ -1,6 +1,6 @@
 """Whole-command CPU timings: `pvd demo`, and `pvd deblur` of a small clip at several thread counts (the thread rule).
 
-    python bench/cpu_runs.py demo    [--label after] [--root REPO] [--repeats 2]
+    python bench/cpu_runs.py demo    [--label after] [--root REPO] [--repeats 2] [--precision fp32]
     python bench/cpu_runs.py threads [--label after] [--root REPO] [--threads 1,2,auto] [--hog]
 
 Each command runs as a subprocess of the pvd checkout at --root (default: this one; another checkout, e.g. an
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", default="1,2,auto")
     parser.add_argument("--hog", action="store_true", help="keep one core busy meanwhile")
+    parser.add_argument("--precision", default=None, help="demo: passed as --precision (default: the checkout's own)")
     parser.add_argument("--csv", default=str(RESULTS_CSV))
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             if args.what == "demo":
-                configs = {"pvd demo": ["demo", "--out", str(tmp / "demo"), "--overwrite", "--quiet"]}
+                precision = [] if args.precision is None else ["--precision", args.precision]
+                name = "pvd demo" + ("" if args.precision is None else f" --precision {args.precision}")
+                configs = {name: ["demo", "--out", str(tmp / "demo"), "--overwrite", "--quiet", *precision]}
             else:
                 (tmp / "clip").mkdir()
                 _write_clip(tmp / "clip")

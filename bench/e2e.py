@@ -13,12 +13,13 @@ already on the GPU: decoding and encoding are not timed. Weights are random (see
 the speed does not depend on them, the PSNR column only partly does. `--weights pvdnet=PATH` gives one model
 its checkpoint and leaves the others random.
 
-CPU: seconds per frame, fp32, eager, PVDNet only, over --cpu-frames frames (default 1) after --cpu-warmup untimed
-ones (default 0: the process's first, cold step is timed too); these rows say
-device "cpu" and are never compared with GPU rows. In the same run the machine's conv throughput is measured
-(ROOFLINE_CONV, a large channels_last 3x3 convolution, before and after the step) and the step's FLOP counted
-(FlopCounterMode on meta tensors); bench/results/cpu_roofline.csv gets the step time over the time those FLOP
-take at that throughput (`vs_roofline`), with --label.
+CPU: seconds per frame, eager, PVDNet only, fp32 and (where the CPU has native bf16, `pvd.runtime`) bf16 autocast,
+over --cpu-frames frames (default 1) after --cpu-warmup untimed ones (default 0: the process's first, cold step
+is timed too); these rows say device "cpu" and are never compared with GPU rows. In the same run the machine's
+conv throughput is measured (ROOFLINE_CONV, a large channels_last 3x3 convolution, before and after the step)
+and the step's FLOP counted (FlopCounterMode on meta tensors); bench/results/cpu_roofline.csv gets the step time
+over the time those FLOP take at that throughput (`vs_roofline`; for a bf16 row still the fp32 conv's throughput), with --label and the
+precision.
 
 `--clip demo`: the frames are the demo clip of `pvd demo` (camera shake over the bundled photograph) rendered
 at --size; with the demo weights (`--weights weights/pvd_demo.safetensors`) `psnr_vs_fp32_db` then measures
@@ -27,7 +28,7 @@ bf16 on real content, and `psnr_vs_sharp_db` scores every configuration against 
 Eager configurations run before compiled ones; with `--time-limit` a configuration starts only while time is
 left for it (bench/_budget.py). Rows are appended to bench/results/e2e.csv, each as soon as it is measured,
 with the device and library versions (bench/_env.py). `--dry-run` (bench/gpu_check.py): 32x32, 1 frame, no
-warm-up, every model, on CPU fp32 eager only (bf16 autocast and torch.compile need CUDA).
+warm-up, every model, on CPU eager only (torch.compile needs CUDA).
 
     python bench/e2e.py tiling [--calibrate] [--peak 3840x2160 [--tile auto]] [--psnr]
 
@@ -58,6 +59,7 @@ from _env import append_rows, describe_environment, env_columns, print_banner  #
 
 from pvd import weights as pvd_weights  # noqa: E402
 from pvd.nets import DeblurNet  # noqa: E402
+from pvd.runtime import cpu_has_native_bf16  # noqa: E402
 from pvd.stream import VideoDeblurrer  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
@@ -193,15 +195,18 @@ def step_gflop(height: int, width: int, large: bool = False) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def cpu_roofline_row(seconds_per_frame: float, conv_gflops: float, width: int, height: int, label: str) -> dict:
-    """The CPU row of ROOFLINE_CSV: step time against the time the step's FLOP would take at conv throughput."""
+def cpu_roofline_row(seconds_per_frame: float, conv_gflops: float, width: int, height: int, label: str,
+                     precision: str = "fp32") -> dict:
+    """The CPU row of ROOFLINE_CSV: step time against the time the step's FLOP would take at conv throughput
+    (the fp32 ROOFLINE_CONV's, whatever the step's precision)."""
     gflop = step_gflop(height, width)
     roofline_s = gflop / conv_gflops
     row = {"label": label, "size": f"{width}x{height}", "threads": torch.get_num_threads(),
            "seconds_per_frame": round(seconds_per_frame, 3), "step_gflop": round(gflop, 1),
            "conv_gflops": round(conv_gflops, 1), "roofline_s": round(roofline_s, 3),
-           "vs_roofline": round(seconds_per_frame / roofline_s, 3)}
-    print(f"CPU roofline ({label}): conv {row['conv_gflops']} GFLOP/s ({torch.get_num_threads()} threads), step "
+           "vs_roofline": round(seconds_per_frame / roofline_s, 3), "precision": precision}
+    print(f"CPU roofline ({label}, {precision}): fp32 conv {row['conv_gflops']} GFLOP/s "
+          f"({torch.get_num_threads()} threads), step "
           f"{row['step_gflop']} GFLOP -> {row['roofline_s']} s at that rate; measured {row['seconds_per_frame']} s "
           f"= {row['vs_roofline']}x the roofline")
     return row
@@ -243,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     env = describe_environment()
     print_banner(env)
     models = args.models.split(",") if on_gpu or args.dry_run else ["pvdnet"]
-    precisions = args.precisions.split(",") if on_gpu else ["fp32"]
+    precisions = [p for p in args.precisions.split(",")
+                  if on_gpu or p == "fp32" or (p == "bf16" and cpu_has_native_bf16())]
     compiles = [c == "on" for c in args.compile.split(",")] if on_gpu else [False]
     count = max(args.frames if on_gpu else args.cpu_frames, 1)  # every frame is timed (the last one at flush)
     warmup = args.warmup if on_gpu else args.cpu_warmup
     if not on_gpu:
-        print(f"CPU run: fp32, eager, {', '.join(MODEL_NAMES[name] for name in models)}, {count} timed frame(s) of "
+        print(f"CPU run: {', '.join(precisions)}, eager, {', '.join(MODEL_NAMES[name] for name in models)}, "
+              f"{count} timed frame(s) of "
               f"{width}x{height}, CPU kernels (pvd.kernels.cpu) - report: seconds per frame (CPU, not a GPU number)")
     sharp = None
     if args.clip == "demo":
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 if roofline:
                     conv_gflops = statistics.median([cpu_conv_gflops, conv_throughput_gflops()])
                     append_rows(args.roofline_csv, [{**cpu_roofline_row(result["seconds_per_frame"], conv_gflops,
-                                                                        width, height, args.label),
+                                                                        width, height, args.label, precision),
                                                      **env_columns(env)}])
                 if on_gpu:
                     torch.cuda.empty_cache()

@@ -74,8 +74,8 @@ def add_model_options(parser: argparse.ArgumentParser, size_policy: bool = True)
                         help="PVDNet autocast precision (auto: bf16 on a GPU that has it or a CPU with native bf16 "
                              "(AVX512_BF16 / AMX), else fp32; fp16 only on GPUs)")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="CPU threads of PyTorch (default: the CPUs this process may use minus the machine's "
-                             "load, 1 for frames under 160x160; see pvd/threads.py)")
+                        help="CPU threads of PyTorch (default: every CPU this process may use, OpenMP waiting "
+                             "passively; 1 for frames under 160x160; see pvd/threads.py)")
     if size_policy:
         parser.add_argument("--size-policy", choices=SIZE_POLICIES, default="pad",
                             help="pad: any size, full frames out (default); original: the original code's "

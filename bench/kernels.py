@@ -2,6 +2,7 @@
 
     python bench/kernels.py [--ops correlation warp pixel_volume] [--modes fwd fwd+bwd] [--quick | --full]
                             [--dtype float32] [--providers ...] [--csv bench/results/kernels.csv] [--no-csv]
+                            [--label TEXT]
                             [--time-limit SECONDS] [--dry-run]
 
 Sizes (batch 1): correlation and warp at every LiteFlowNet pyramid level of a 1280x720 pair -- level 2: 64 ch
@@ -455,6 +456,7 @@ def _parse_args(argv):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--csv", default=str(RESULTS_CSV), help="results CSV to append to")
     parser.add_argument("--no-csv", action="store_true", help="do not write the results CSV")
+    parser.add_argument("--label", default="", help="a `label` column for the rows (e.g. before / after)")
     parser.add_argument("--cpu-threads", type=int, default=CPU_THREADS,
                         help=f"torch threads on CPU (default {CPU_THREADS}: stable timings on a shared machine)")
     add_time_limit_argument(parser)
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                 append_rows(args.csv, [
                     {"op": r.op, "provider": r.provider, "mode": r.mode, "size": r.size,
                      "median_ms": f"{r.median_ms:.5g}", "gbps": f"{r.gbps:.4g}", **columns, "dtype": args.dtype,
-                     **peak_columns(r.gbps, env)}
+                     **peak_columns(r.gbps, env), **({"label": args.label} if args.label else {})}
                     for r in measured])
     print()
     print(format_table(results, env["peak_gbps"], cpu=not on_gpu))

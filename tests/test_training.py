@@ -309,6 +309,25 @@ def test_stage2_learns_on_fixed_batch_with_frozen_bimnet(clips_root, tmp_path):
         assert torch.equal(value, bimnet_before[key]), f"frozen BIMNet changed: {key}"
 
 
+def test_stage2_trains_pvdnet_under_bf16_autocast_on_cpu(clips_root, tmp_path):
+    """run.precision='bf16' on a CPU: PVDNet's convolutions run in bf16, its parameters and gradients stay fp32,
+    and the losses stay within bf16 rounding of fp32 training from the same start."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = small_config(clips_root, tmp_path / precision, "pvdnet", f"run.precision='{precision}'")
+        torch.manual_seed(0)
+        trainer = stages.build_trainer(config, torch.device("cpu"))
+        assert trainer.autocast_dtype == (torch.bfloat16 if precision == "bf16" else None)
+        conv = next(m for m in trainer.model.pvdnet.modules() if isinstance(m, nn.Conv2d))
+        dtypes = set()
+        conv.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+        losses[precision] = [r["loss"] for r in trainer.train_clip(_fixed_batch(clips_root, clip_frames=4, context=1))]
+        assert dtypes == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+                   for p in trainer.model.pvdnet.parameters())
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2) and losses["bf16"] != losses["fp32"]
+
+
 def test_stage2_takes_bimnet_from_original_or_pvd_weights(clips_root, tmp_path):
     from pvd.nets import BIMNet
 

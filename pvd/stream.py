@@ -28,6 +28,7 @@ import torch
 from . import sharding, threads, video_io
 from ._files import atomic_file
 from .frames import FrameFormat, frame_to_tensor, tensor_to_frame, write_png
+from .kernels import cpu as cpu_kernels
 from .nets.step import Recurrence, bound_step, check_size_policy, drive, place
 from .runtime import resolve_device, resolve_precision
 from .weights import load_model
@@ -203,15 +204,24 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     created = _missing_folders(output.parent if single else output)
     results = []
     try:
-        for video, frames_dir, mp4_path in plans:
-            results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite, progress,
-                                       writer_options, strict))
+        with cpu_kernels.compiled_kernels(cpu_kernels.compiled_pays_off(_job_pixels(plan[0] for plan in plans))):
+            for video, frames_dir, mp4_path in plans:
+                results.append(_deblur_one(deblurrer, video, frames_dir, mp4_path, side_by_side, overwrite,
+                                           progress, writer_options, strict))
     except BaseException:
         for folder in reversed(created):  # the folders this call created, if they stayed empty
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
     return results
+
+
+def _job_pixels(videos: Iterable[video_io.Video]) -> int | None:
+    """Frames x height x width summed over `videos`; None when a container does not say how many frames it has."""
+    videos = list(videos)
+    if any(video.frame_count <= 0 for video in videos):
+        return None
+    return sum(video.frame_count * video.width * video.height for video in videos)
 
 
 def _deblurrer(model, weights, device, allow_untrained: bool, precision: str = "auto", **options) -> VideoDeblurrer:
@@ -233,7 +243,8 @@ def _deblur_image(video: video_io.Video, output: Path, *, model, weights, device
         raise video_io.VideoError(f"{output}: output already exists (use overwrite=True / --overwrite)")
     deblurrer = _deblurrer(model, weights, device, allow_untrained, precision=precision, size_policy=size_policy)
     start = time.perf_counter()
-    (frame,) = deblurrer.run(video.frames())
+    with cpu_kernels.compiled_kernels(cpu_kernels.compiled_pays_off(_job_pixels([video]))):
+        (frame,) = deblurrer.run(video.frames())
     with atomic_file(output, overwrite=overwrite) as temporary:
         write_png(temporary, frame)  # OpenCV picks the format from the suffix (png, jpg, tif, ...)
     result = VideoResult(video.name, 1, time.perf_counter() - start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from pvd import stream, weights
+from pvd.kernels import cpu, cpu_native
 from pvd.cli import main
 from pvd.nets import DeblurNet
 
@@ -132,6 +135,35 @@ def test_python_api_on_a_folder_of_videos(tmp_path, tiny_model):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "a.mp4", "b", "b.mp4"]
     assert len(list((tmp_path / "out" / "b").iterdir())) == 3
     assert cv2.imread(str(tmp_path / "out" / "a" / "000.png")).shape == (9, 13, 3)
+
+
+@pytest.mark.parametrize("job_pays_off", [False, True])
+def test_the_compiled_kernels_serve_only_jobs_worth_their_start_up(tmp_path, tiny_model, monkeypatch, job_pays_off):
+    """deblur_video counts the job's frames x pixels over all its videos (one image: its pixels) and runs the
+    compiled pixel volume only from `cpu.COMPILED_MIN_JOB_PIXELS` on."""
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    _frame_folder(tmp_path / "in" / "a", 3, 12, 16, seed=1)
+    _frame_folder(tmp_path / "in" / "b", 2, 8, 8, seed=2)
+    job_pixels = 3 * 12 * 16 + 2 * 8 * 8
+    monkeypatch.setattr(cpu, "COMPILED_MIN_JOB_PIXELS", job_pixels + (0 if job_pays_off else 1))
+    calls = []
+    native = cpu_native.pixel_volume
+    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *a: calls.append(1) or native(*a))
+    stream.deblur_video(tmp_path / "in", tmp_path / "out", progress=False)
+    assert len(calls) == (5 if job_pays_off else 0)
+    calls.clear()
+    monkeypatch.setattr(cpu, "COMPILED_MIN_JOB_PIXELS", 12 * 16 + (0 if job_pays_off else 1))
+    stream.deblur_video(tmp_path / "in" / "a" / "000.png", tmp_path / "one.png", progress=False)
+    assert len(calls) == (1 if job_pays_off else 0)
+
+
+def test_job_pixels_is_unknown_when_a_container_does_not_count_its_frames():
+    video = types.SimpleNamespace
+    assert stream._job_pixels([video(frame_count=3, width=16, height=12), video(frame_count=2, width=8, height=8)]) \
+        == 3 * 12 * 16 + 2 * 8 * 8
+    assert stream._job_pixels([video(frame_count=3, width=16, height=12), video(frame_count=0, width=8, height=8)]) \
+        is None
 
 
 def test_original_size_policy_output_is_the_multiple_of_4_crop(tmp_path, tiny_model):

@@ -334,6 +334,37 @@ def test_public_ops_run_the_cpu_ops_outside_the_interpreter(monkeypatch):
     assert calls == ["warp", "correlation", "pixel_volume"]
 
 
+def test_compiled_kernels_switch_routes_the_ops_and_restores(monkeypatch):
+    """`compiled_kernels(False)` sends the CPU ops to the eager formulations inside the block only; the
+    choice by job size is `compiled_pays_off` (unknown size: compiled)."""
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    calls = []
+    for entry in ("pixel_volume", "correlation_of_samples"):
+        native = getattr(cpu_native, entry)
+        monkeypatch.setattr(cpu_native, entry, lambda *a, _native=native, _entry=entry: calls.append(_entry)
+                            or _native(*a))
+    x, flow = torch.randn(1, 3, 6, 8), torch.randn(1, 2, 6, 8)
+
+    def run():
+        calls.clear()
+        out = cpu.pixel_volume(x, flow, x, 5), cpu.correlation(x, x, 2, 1)
+        return list(calls), out
+
+    compiled_calls, compiled = run()
+    with cpu.compiled_kernels(False):
+        eager_calls, eager = run()
+        with cpu.compiled_kernels(True):
+            assert run()[0] == ["pixel_volume", "correlation_of_samples"]
+        assert run()[0] == []
+    assert compiled_calls == ["pixel_volume", "correlation_of_samples"] and eager_calls == []
+    assert run()[0] == compiled_calls  # restored after the block
+    assert torch.equal(eager[0], compiled[0])
+    torch.testing.assert_close(eager[1], compiled[1])
+    assert cpu.compiled_pays_off(None) and cpu.compiled_pays_off(cpu.COMPILED_MIN_JOB_PIXELS)
+    assert not cpu.compiled_pays_off(cpu.COMPILED_MIN_JOB_PIXELS - 1)
+
+
 def test_warp_grid_cache_serves_inference_and_autograd_alike():
     x, flow = torch.randn(1, 2, 5, 7), torch.randn(1, 2, 5, 7)
     cpu._GRID_CACHE.clear()

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pvd import demo, runtime, stream, weights
+from pvd.kernels import cpu, cpu_native
 from pvd.cli import main
 from pvd.weights import DEFAULT_WEIGHTS
 
@@ -154,6 +155,24 @@ def test_refuses_without_weights_and_writes_nothing(no_default_weights, tmp_path
     with pytest.raises(weights.UntrainedModelError, match="--allow-untrained"):
         demo.run_demo(out, frames=2, size=(32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("job_pays_off", [False, True])
+def test_a_small_demo_skips_the_compiled_kernels(no_default_weights, tmp_path, monkeypatch, job_pays_off):
+    """Outside the interpreter the demo runs the compiled CPU kernels only when its frames x pixels reach
+    `cpu.COMPILED_MIN_JOB_PIXELS` (their start-up costs more than a small job gains)."""
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    frames, size = 2, (32, 32)
+    monkeypatch.setattr(cpu, "COMPILED_MIN_JOB_PIXELS", frames * size[0] * size[1] + (0 if job_pays_off else 1))
+    calls = []
+    native = cpu_native.pixel_volume
+    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *a: calls.append(1) or native(*a))
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        demo.run_demo(tmp_path / "out", frames=frames, size=size, allow_untrained=True, device="cpu")
+    assert len(calls) == (frames if job_pays_off else 0)
+    assert cpu._native_serves(torch.zeros(1))  # the switch is back after the run
 
 
 def test_bad_arguments_raise_value_errors(no_default_weights, tmp_path):

@@ -16,6 +16,8 @@ for speed on a CPU; they are device-agnostic PyTorch and differentiable:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -26,10 +28,37 @@ from .reference import acc_dtype
 CORRELATION_TILE = 4
 
 
+# The compiled kernels cost a process ~0.3 s before their first result (numba sets up its compiler and loads the
+# cached machine code), and a whole deblurring step gains little from them (measured on the development CPU at
+# 256x256 and 1280x720: 4% and 3% per step on 2 threads, nothing measurable on 1). Inference jobs with fewer
+# pixels than this in all (frames x height x width) therefore run the eager formulations (`compiled_kernels`).
+COMPILED_MIN_JOB_PIXELS = 4_000_000
+
+_compiled_allowed = True
+
+
+def compiled_pays_off(job_pixels: int | None) -> bool:
+    """Whether a job of `job_pixels` pixels in all (None: unknown) is worth the compiled kernels' start-up."""
+    return job_pixels is None or job_pixels >= COMPILED_MIN_JOB_PIXELS
+
+
+@contextlib.contextmanager
+def compiled_kernels(allowed: bool):
+    """Within the block the CPU ops use the compiled kernels (where numba is installed) only if `allowed`;
+    e.g. `with compiled_kernels(compiled_pays_off(frames * height * width)): ...`. Process-wide, not per thread."""
+    global _compiled_allowed
+    previous, _compiled_allowed = _compiled_allowed, allowed
+    try:
+        yield
+    finally:
+        _compiled_allowed = previous
+
+
 def _native_serves(tensor: torch.Tensor) -> bool:
     """Whether the compiled kernels of `cpu_native` take an op whose inputs were all converted to tensor's dtype:
-    numba installed, a CPU tensor, float32 or float64."""
-    return cpu_native.AVAILABLE and tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
+    numba installed and allowed (`compiled_kernels`), a CPU tensor, float32 or float64."""
+    return (cpu_native.AVAILABLE and _compiled_allowed and tensor.device.type == "cpu"
+            and tensor.dtype in (torch.float32, torch.float64))
 
 
 # ------------------------------------------------------------------------------------------------ warp

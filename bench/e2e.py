@@ -18,8 +18,8 @@ over --cpu-frames frames (default 1) after --cpu-warmup untimed ones (default 0:
 is timed too); these rows say device "cpu" and are never compared with GPU rows. In the same run the machine's
 conv throughput is measured (ROOFLINE_CONV, a large channels_last 3x3 convolution, before and after the step)
 and the step's FLOP counted (FlopCounterMode on meta tensors); bench/results/cpu_roofline.csv gets the step time
-over the time those FLOP take at that throughput (`vs_roofline`; for a bf16 row still the fp32 conv's throughput), with --label and the
-precision.
+over the time those FLOP take at that throughput (`vs_roofline`; for a bf16 row still the fp32 conv's
+throughput), with --label and the precision.
 
 `--clip demo`: the frames are the demo clip of `pvd demo` (camera shake over the bundled photograph) rendered
 at --size; with the demo weights (`--weights weights/pvd_demo.safetensors`) `psnr_vs_fp32_db` then measures

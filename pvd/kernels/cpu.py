@@ -7,7 +7,7 @@ for speed on a CPU; they are device-agnostic PyTorch and differentiable:
   sanitising (non-finite flow -> a point whose four taps are all outside; far coordinates clamped to a band
   where they still are). Values equal the reference up to the normalisation's rounding (~1e-7 relative).
 - `pixel_volume`: two compiled passes (`cpu_native`, numba: gray planes and encoded targets, then the gather)
-  or, without numba, an eager formulation (integer targets in a few tensor ops, one nearest `grid_sample`
+  or, without numba (or outside `compiled_kernels`, for small jobs), an eager formulation (integer targets in a few tensor ops, one nearest `grid_sample`
   over the k*k shifted gray images and one `where`); bit-identical to the reference either way.
 - `correlation`: with numba, compiled multiply-add loops along image rows (`cpu_native`); otherwise per
   displacement row a batched matmul over channels of x-tiles of f1 against the overlapping x-windows of f2

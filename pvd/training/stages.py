@@ -10,7 +10,8 @@ step, a fresh init of the trained network (Xavier-uniform for PVDNet, `pvd.nets.
 BIMNet), optional DistributedDataParallel and torch.compile, and on CPU the networks in channels_last
 (`run.channels_last`; checkpoints and weights do not depend on it). Stage 2 runs PVDNet under bf16 autocast
 when asked (`run.precision`; "auto" means bf16 on a CUDA device that has it or a CPU with native bf16, see
-`pvd.runtime.resolve_precision`; BIMNet, flow and pixel volume stay fp32, as in `pvd.nets.step`) and validates with the clip recurrence every user of the model shares (`pvd.nets.run_clip`).
+`pvd.runtime.resolve_precision`; BIMNet, flow and pixel volume stay fp32, as in `pvd.nets.step`) and validates
+with the clip recurrence every user of the model shares (`pvd.nets.run_clip`).
 Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]).
 """
 

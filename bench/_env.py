@@ -99,6 +99,14 @@ def _git_revision() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+def cpu_precisions(requested: list[str]) -> list[str]:
+    """The requested precisions worth timing on this CPU: fp32, and bf16 where the CPU has native bf16 (what
+    PVDNet's precision 'auto' picks there, `pvd.runtime.resolve_precision`); fp16 needs CUDA."""
+    from pvd.runtime import cpu_has_native_bf16
+
+    return [p for p in requested if p == "fp32" or (p == "bf16" and cpu_has_native_bf16())]
+
+
 def describe_environment(path: str | None = None) -> dict:
     """Device, versions and execution path of this process.
 

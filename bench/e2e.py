@@ -55,11 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
-from _env import append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+from _env import append_rows, cpu_precisions, describe_environment, env_columns, print_banner  # noqa: E402
 
 from pvd import weights as pvd_weights  # noqa: E402
 from pvd.nets import DeblurNet  # noqa: E402
-from pvd.runtime import cpu_has_native_bf16  # noqa: E402
 from pvd.stream import VideoDeblurrer  # noqa: E402
 
 RESULTS_CSV = Path(__file__).resolve().parent / "results" / "e2e.csv"
@@ -248,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     env = describe_environment()
     print_banner(env)
     models = args.models.split(",") if on_gpu or args.dry_run else ["pvdnet"]
-    precisions = [p for p in args.precisions.split(",")
-                  if on_gpu or p == "fp32" or (p == "bf16" and cpu_has_native_bf16())]
+    precisions = args.precisions.split(",") if on_gpu else cpu_precisions(args.precisions.split(","))
     compiles = [c == "on" for c in args.compile.split(",")] if on_gpu else [False]
     count = max(args.frames if on_gpu else args.cpu_frames, 1)  # every frame is timed (the last one at flush)
     warmup = args.warmup if on_gpu else args.cpu_warmup

@@ -42,9 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _budget import TimeLimit, add_time_limit_argument  # noqa: E402
-from _env import PATH_CPU_REFERENCE, append_rows, describe_environment, env_columns, print_banner  # noqa: E402
+from _env import (  # noqa: E402
+    PATH_CPU_REFERENCE,
+    append_rows,
+    cpu_precisions,
+    describe_environment,
+    env_columns,
+    print_banner,
+)
 
-from pvd.runtime import cpu_has_native_bf16  # noqa: E402
 from pvd.training import load_config  # noqa: E402
 from pvd.training.stages import build_trainer  # noqa: E402
 
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     compiles = [c == "on" for c in args.compile.split(",") if c]
     if not on_gpu:  # eager, PVDNet and BIMNet, the CPU kernels (pvd.kernels.cpu); bf16 only where the CPU has it
         os.environ["TRITON_INTERPRET"] = "0"
-        precisions = [p for p in precisions if p == "fp32" or (p == "bf16" and cpu_has_native_bf16())]
+        precisions = cpu_precisions(precisions)
         compiles = [False]
         stages = [s for s in stages if s != "pvdnet_large" or args.dry_run]
 

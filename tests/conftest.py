@@ -61,6 +61,20 @@ def cpu_kernels_one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def compiled_pixel_volume_calls(monkeypatch) -> list:
+    """A list that gets one entry per call of the compiled CPU pixel volume (`pvd.kernels.cpu_native`), which
+    still runs; the test is skipped without numba."""
+    from pvd.kernels import cpu_native
+
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    calls = []
+    compiled = cpu_native.pixel_volume
+    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *args: calls.append(1) or compiled(*args))
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

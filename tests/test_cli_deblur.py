@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pvd import stream, weights
-from pvd.kernels import cpu, cpu_native
+from pvd.kernels import cpu
 from pvd.cli import main
 from pvd.nets import DeblurNet
 
@@ -138,18 +138,15 @@ def test_python_api_on_a_folder_of_videos(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("job_pays_off", [False, True])
-def test_the_compiled_kernels_serve_only_jobs_worth_their_start_up(tmp_path, tiny_model, monkeypatch, job_pays_off):
+def test_the_compiled_kernels_serve_only_jobs_worth_their_start_up(tmp_path, tiny_model, monkeypatch, job_pays_off,
+                                                                    compiled_pixel_volume_calls):
     """deblur_video counts the job's frames x pixels over all its videos (one image: its pixels) and runs the
     compiled pixel volume only from `cpu.COMPILED_MIN_JOB_PIXELS` on."""
-    if not cpu_native.AVAILABLE:
-        pytest.skip("numba is not installed: only the eager CPU ops can run")
     _frame_folder(tmp_path / "in" / "a", 3, 12, 16, seed=1)
     _frame_folder(tmp_path / "in" / "b", 2, 8, 8, seed=2)
     job_pixels = 3 * 12 * 16 + 2 * 8 * 8
     monkeypatch.setattr(cpu, "COMPILED_MIN_JOB_PIXELS", job_pixels + (0 if job_pays_off else 1))
-    calls = []
-    native = cpu_native.pixel_volume
-    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *a: calls.append(1) or native(*a))
+    calls = compiled_pixel_volume_calls
     stream.deblur_video(tmp_path / "in", tmp_path / "out", progress=False)
     assert len(calls) == (5 if job_pays_off else 0)
     calls.clear()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pvd import demo, runtime, stream, weights
-from pvd.kernels import cpu, cpu_native
+from pvd.kernels import cpu
 from pvd.cli import main
 from pvd.weights import DEFAULT_WEIGHTS
 
@@ -158,17 +158,14 @@ def test_refuses_without_weights_and_writes_nothing(no_default_weights, tmp_path
 
 
 @pytest.mark.parametrize("job_pays_off", [False, True])
-def test_a_small_demo_skips_the_compiled_kernels(no_default_weights, tmp_path, monkeypatch, job_pays_off):
+def test_a_small_demo_skips_the_compiled_kernels(no_default_weights, tmp_path, monkeypatch, job_pays_off,
+                                                 compiled_pixel_volume_calls):
     """Outside the interpreter the demo runs the compiled CPU kernels only when its frames x pixels reach
     `cpu.COMPILED_MIN_JOB_PIXELS` (their start-up costs more than a small job gains)."""
-    if not cpu_native.AVAILABLE:
-        pytest.skip("numba is not installed: only the eager CPU ops can run")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     frames, size = 2, (32, 32)
     monkeypatch.setattr(cpu, "COMPILED_MIN_JOB_PIXELS", frames * size[0] * size[1] + (0 if job_pays_off else 1))
-    calls = []
-    native = cpu_native.pixel_volume
-    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *a: calls.append(1) or native(*a))
+    calls = compiled_pixel_volume_calls
     with pytest.warns(UserWarning, match="UNTRAINED"):
         demo.run_demo(tmp_path / "out", frames=frames, size=size, allow_untrained=True, device="cpu")
     assert len(calls) == (frames if job_pays_off else 0)

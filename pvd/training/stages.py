@@ -17,6 +17,7 @@ Batches are the dicts of `pvd.data.datasets.VideoClipDataset` (frames in [-1, 1]
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pvd import kernels, metrics, weights
+from pvd import kernels, metrics, threads, weights
 from pvd.frames import to_signed, to_unit
 from pvd.nets import BIMNet, DeblurNet, PVDNet, PVDNetLarge, run_clip
 from pvd.nets import step as deblurring
@@ -103,8 +104,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.optim.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained.parameters(), max_norm)
-        self.optimizer.step()
+        with threads.single_thread() if self.device.type == "cpu" else contextlib.nullcontext():
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trained.parameters(), max_norm)
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}

@@ -360,6 +360,55 @@ def test_bimnet_rejects_bad_inputs():
         model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 0, 1, 2, 3], [0, 0, 2, 2, 1, 1, 3, 3], [3, 1, 2, 0, 3], [2], [0, 1, 2, 3]])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_take_rows_matches_indexing(rows, channels_last):
+    """BIMNet's row gather for its `pairs` equals x[rows], forward and backward (repeated, reordered and
+    single rows), and hands channels_last features a channels_last gradient."""
+    torch.manual_seed(len(rows))
+    x = torch.randn(4, 5, 3, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad_out = torch.randn(len(rows), 5, 3, 6, dtype=torch.float64)
+    results = []
+    for take in (bimnet_module._take_rows, lambda t, r: t[torch.tensor(r)]):
+        leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        out = take(leaf, rows)
+        out.backward(grad_out)
+        results.append((out.detach(), leaf.grad))
+    (out, grad), (expected_out, expected_grad) = results
+    assert torch.equal(out, expected_out)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bimnet_pairs_match_stacked_frames_and_reject_bad_rows(reference_kernels):
+    torch.manual_seed(3)
+    model = BIMNet().eval()
+    frames1, frames2 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    rows1, rows2 = [0, 1, 0, 1], [0, 0, 1, 1]
+    with torch.no_grad():
+        paired = model(frames1, frames2, pairs=(rows1, torch.tensor(rows2)))
+        stacked = model(frames1[rows1], frames2[rows2])
+    torch.testing.assert_close(paired, stacked, rtol=1e-5, atol=1e-5)
+    for bad in ([0, 2], [-1, 0], []):
+        with pytest.raises(ValueError, match="row numbers in"):
+            model(frames1, frames2, pairs=(bad, [0, 1]))
+
+
+@pytest.mark.parametrize("level", [2, 3, 5])
+def test_regularization_neighbours_match_per_image_unfold(level):
+    """The k x k neighbourhood is gathered for the whole batch at once; it equals unfolding each image."""
+    regularization = bimnet_module.Regularization(level)
+    k = bimnet_module.KERNEL_SIZE[level]
+    component = torch.randn(3, 1, 5, 7, dtype=torch.float64)
+    expected = F.unfold(component, kernel_size=k, padding=k // 2).reshape(3, k * k, 5, 7)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        neighbours = regularization._neighbours(component, layout)
+        assert torch.equal(neighbours, expected) and neighbours.is_contiguous(memory_format=layout)
+
+
 def test_pvdnet_rejects_bad_inputs():
     model = PVDNet()
     images = [torch.rand(1, 3, 8, 8) for _ in range(3)]

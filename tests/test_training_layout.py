@@ -92,7 +92,7 @@ def test_channels_last_setting_is_checked():
 
 
 def test_bimnet_channels_last_gradients_match_contiguous():
-    """BIMNet's layout guards (`_cat_channels`, `_grads_in`) change where copies happen, not what is computed:
+    """BIMNet's layout guards (`cat_channels`, `grads_in`) change where copies happen, not what is computed:
     the blur-invariant loss and every parameter's gradient match the contiguous network's, and the
     gradients come back in the parameters' own layout."""
     from pvd.nets import BIMNet
@@ -170,7 +170,7 @@ def test_shared_pyramids_give_the_stacked_pairs_loss_and_gradients(pairs):
 def test_a_cat_led_by_one_channel_comes_out_channels_last_itself():
     """A single-channel NCHW tensor passes for channels_last, and torch.cat led by it comes out NCHW (a copy
     of the whole cat to convert it): BIMNet's cat gives that part channel stride 1 first."""
-    from pvd.nets.bimnet import _cat_channels
+    from pvd.nets.layout import cat_channels
 
     cl = torch.channels_last
     brightness = torch.rand(2, 4, 9, 7).square().sum(dim=1, keepdim=True)  # (2, 1, 9, 7), NCHW strides
@@ -187,7 +187,7 @@ def test_a_cat_led_by_one_channel_comes_out_channels_last_itself():
 
     torch.cat = spy
     try:
-        result = _cat_channels([brightness, flow, features], cl)
+        result = cat_channels([brightness, flow, features], cl)
     finally:
         torch.cat = catted
     assert outputs[0].is_contiguous(memory_format=cl) and result.data_ptr() == outputs[0].data_ptr()

@@ -24,7 +24,7 @@ from torch import nn
 
 from pvd import kernels
 
-from .layout import memory_format_of
+from .layout import cat_channels, grads_in, memory_format_of
 
 # Decoder levels, finest to coarsest. Level L has 1 / 2**(L-1) of the input resolution.
 LEVELS = (2, 3, 4, 5, 6)
@@ -77,43 +77,6 @@ def _conv_stack(channels: list[int], last_kernel: int, last_activation: bool) ->
         if index < len(pairs) - 1 or last_activation:
             layers.append(_leaky_relu())
     return nn.Sequential(*layers)
-
-
-def _cat_channels(tensors: list[torch.Tensor], layout: torch.memory_format) -> torch.Tensor:
-    """torch.cat along channels, in `layout`: the next conv then neither converts its input nor, in backward,
-    its saved input and its gradient. Each part is put in `layout` first (a cat of mixed layouts comes out
-    contiguous): only the parts not in it yet are copied, not the whole."""
-    return torch.cat([_in_layout(part, layout) for part in tensors], dim=1).contiguous(memory_format=layout)
-
-
-def _in_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-    """x with `layout`'s strides. channels_last means channel stride 1: a single-channel NCHW tensor counts as
-    contiguous in both layouts, so `.contiguous(memory_format=channels_last)` would keep its NCHW strides, and
-    torch.cat led by it then makes the whole cat NCHW."""
-    if layout == torch.channels_last and x.stride(1) != 1:
-        return x.clone(memory_format=layout)
-    return x.contiguous(memory_format=layout)
-
-
-class _GradLayout(torch.autograd.Function):
-    """Identity whose backward hands the gradient on in `layout` (the warp, the correlation and a cat's
-    slicing return theirs contiguous or strided, and elementwise backward ops on mixed layouts are slow)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-        ctx.layout = layout
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad.contiguous(memory_format=ctx.layout), None
-
-
-def _grads_in(layout: torch.memory_format, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`tensors` unchanged, their gradients to come in `layout` when that is channels_last."""
-    if layout != torch.channels_last or not torch.is_grad_enabled():
-        return tensors
-    return tuple(_GradLayout.apply(t, layout) if t.requires_grad else t for t in tensors)
 
 
 def cost_volume(f1: torch.Tensor, f2: torch.Tensor, stride: int) -> torch.Tensor:
@@ -178,7 +141,7 @@ class Matching(nn.Module):
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
         layout = memory_format_of(self.flow_head[0])
-        f1, f2 = _grads_in(layout, f1, f2)
+        f1, f2 = grads_in(layout, f1, f2)
         flow = None
         if coarse_flow is not None:
             flow = self.upsample_flow(coarse_flow)
@@ -206,9 +169,9 @@ class Subpixel(nn.Module):
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
             f2 = F.leaky_relu_(self.feature_proj(f2), NEGATIVE_SLOPE)
         layout = memory_format_of(self.flow_head[0])
-        f1, f2 = _grads_in(layout, f1, f2)
+        f1, f2 = grads_in(layout, f1, f2)
         f2 = kernels.warp(f2, (flow * WARP_SCALE[self.level]).to(f2.dtype))
-        return flow + self.flow_head(_cat_channels([f1, f2, flow], layout))
+        return flow + self.flow_head(cat_channels([f1, f2, flow], layout))
 
 
 class Regularization(nn.Module):
@@ -247,8 +210,8 @@ class Regularization(nn.Module):
         if self.feature_proj is not None:
             f1 = F.leaky_relu_(self.feature_proj(f1), NEGATIVE_SLOPE)
         layout = memory_format_of(self.trunk[0])
-        f1, = _grads_in(layout, f1)
-        distance = self.distance(self.trunk(_cat_channels([brightness_error, mean_free_flow, f1], layout)))
+        f1, = grads_in(layout, f1)
+        distance = self.distance(self.trunk(cat_channels([brightness_error, mean_free_flow, f1], layout)))
         logits = -distance.square()
         weights = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # (B, k*k, h, w), unnormalised
         normaliser = weights.sum(dim=1, keepdim=True).reciprocal()
@@ -259,8 +222,10 @@ class Regularization(nn.Module):
     def _neighbours(self, component: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
         """(B, 1, h, w) -> (B, k*k, h, w) in `layout`: zero-padded k x k neighbourhood, channel = dy * k + dx."""
         k = KERNEL_SIZE[self.level]
-        patches = F.unfold(component, kernel_size=k, padding=k // 2)
-        neighbours = einops.rearrange(patches, "b kk (h w) -> b kk h w", h=component.shape[2])
+        # The batch as channels of one image: unfold's CPU kernel starts a parallel region per image, each
+        # costing more than the image's work with passive OpenMP waiting (1.5 ms per call on 2 threads).
+        patches = F.unfold(einops.rearrange(component, "b 1 h w -> 1 b h w"), kernel_size=k, padding=k // 2)
+        neighbours = einops.rearrange(patches, "1 (b kk) (h w) -> b kk h w", kk=k * k, h=component.shape[2])
         return neighbours.contiguous(memory_format=layout)
 
 
@@ -294,18 +259,18 @@ class BIMNet(nn.Module):
         pixels of the full-resolution input (the internal flow of every level times 20; used for multi-scale
         supervision). Otherwise the level-2 flow (see the class docstring).
 
-        pairs = (index1, index2), int64 (P,): image1 and image2 hold distinct frames, and flow p (of P) goes
-        from image1[index1[p]] to image2[index2[p]]; each frame's pyramid is then computed once however many
-        pairs it is in (the blur-invariant loss pairs every frame twice)."""
+        pairs = (rows1, rows2), P row numbers each (ints or an int64 tensor): image1 and image2 hold distinct
+        frames, and flow p (of P) goes from image1[rows1[p]] to image2[rows2[p]]; each frame's pyramid is then
+        computed once however many pairs it is in (the blur-invariant loss pairs every frame twice)."""
         _check_images(image1, image2)
         features1 = self.features(image1)
         features2 = self.features(image2)
         images1 = _image_pyramid(image1, features1)
         images2 = _image_pyramid(image2, features2)
         if pairs is not None:
-            index1, index2 = pairs
-            features1, images1 = ({level: x[index1] for level, x in d.items()} for d in (features1, images1))
-            features2, images2 = ({level: x[index2] for level, x in d.items()} for d in (features2, images2))
+            rows1, rows2 = (_row_list(rows, image.shape[0]) for rows, image in zip(pairs, (image1, image2)))
+            features1, images1 = ({level: _take_rows(x, rows1) for level, x in d.items()} for d in (features1, images1))
+            features2, images2 = ({level: _take_rows(x, rows2) for level, x in d.items()} for d in (features2, images2))
         flow = None
         flows = {}
         for level in reversed(LEVELS):
@@ -370,6 +335,29 @@ def _image_pyramid(image: torch.Tensor, features: dict[int, torch.Tensor]) -> di
         images[level] = F.interpolate(images[above], size=features[level].shape[2:], mode="bilinear",
                                       align_corners=False)
     return images
+
+
+def _row_list(rows, count: int) -> list[int]:
+    """`rows` (ints or an integer tensor) as a list of row numbers in [0, count) (ValueError otherwise)."""
+    rows = rows.tolist() if isinstance(rows, torch.Tensor) else [int(row) for row in rows]
+    if not rows or min(rows) < 0 or max(rows) >= count:
+        raise ValueError(f"BIMNet: pairs must hold row numbers in [0, {count}), got {rows}")
+    return rows
+
+
+def _take_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """x[rows] along dim 0, built from one split of x and one cat of its pieces, so that the backward adds
+    each piece's gradients and keeps x's memory format. (Indexing's backward, an accumulating index_put, was
+    3-10x slower on CPU at training sizes and handed channels_last features a contiguous gradient.)"""
+    runs = []  # [start, stop) of the runs of consecutive rows, in order
+    for row in rows:
+        if runs and runs[-1][1] == row:
+            runs[-1][1] += 1
+        else:
+            runs.append([row, row + 1])
+    cuts = sorted({0, x.shape[0], *(cut for run in runs for cut in run)})
+    pieces = dict(zip(cuts, x.split([stop - start for start, stop in zip(cuts, cuts[1:])])))
+    return torch.cat([pieces[cut] for start, stop in runs for cut in cuts if start <= cut < stop])
 
 
 def _check_images(image1, image2) -> None:

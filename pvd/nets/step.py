@@ -30,7 +30,7 @@ frame's previous output is the first blurry frame. See docs/semantics.md.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -69,15 +69,15 @@ def check_size_policy(size_policy: str) -> None:
 
 
 def estimate_flow(bimnet, curr: torch.Tensor, prev: torch.Tensor, size_policy: str = "pad",
-                  pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                  pairs: tuple[Sequence[int], Sequence[int]] | None = None) -> torch.Tensor:
     """Backward flow from curr to prev, (B, 2, H, W) float32 in full-resolution pixels (x then y).
 
     curr, prev: (B, 3, H, W) in [-1, 1]. "pad": BIMNet on the frames replicate-padded to multiples of 32, the
     flow resized to the padded size and cropped, so it covers every pixel. "original": BIMNet on the top-left
     multiple-of-32 crop, the flow resized to that crop and zero-padded back (zero everywhere when H or W < 32).
     Resizing is bilinear (align_corners=False) and keeps the flow values unscaled, as the original does.
-    pairs = (index1, index2) (P,): curr and prev hold distinct frames, flow p goes from curr[index1[p]] to
-    prev[index2[p]] (BIMNet's `pairs`; it must be a BIMNet); the result is then (P, 2, H, W).
+    pairs = (rows1, rows2), P row numbers each: curr and prev hold distinct frames, flow p goes from
+    curr[rows1[p]] to prev[rows2[p]] (BIMNet's `pairs`; it must be a BIMNet); the result is then (P, 2, H, W).
     """
     height, width = curr.shape[-2:]
     pairing = {} if pairs is None else {"pairs": pairs}

@@ -73,8 +73,8 @@ def _pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr,
 
 
 def _shared_frames(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs: tuple[str, ...]):
-    """(curr frames, prev frames, (index1, index2)) for BIMNet's `pairs`: each kind of frame once (K * B, 3, H, W),
-    the pairs as indices into them; None when no frame is in two pairs, or the kinds differ in number."""
+    """(curr frames, prev frames, (rows1, rows2)) for BIMNet's `pairs`: each kind of frame once (K * B, 3, H, W),
+    the pairs as lists of row numbers into them; None when no frame is in two pairs, or the kinds differ in number."""
     curr_kinds = list(dict.fromkeys(pair[1] for pair in pairs))
     prev_kinds = list(dict.fromkeys(pair[0] for pair in pairs))
     if len(curr_kinds) == len(pairs) or len(curr_kinds) != len(prev_kinds):
@@ -82,11 +82,10 @@ def _shared_frames(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs: tupl
     curr = {"b": blurry_curr, "s": sharp_curr}
     prev = {"b": blurry_prev, "s": sharp_prev}
     batch = blurry_curr.shape[0]
-    rows = torch.arange(batch, device=blurry_curr.device)
-    index1 = torch.cat([rows + batch * curr_kinds.index(pair[1]) for pair in pairs])
-    index2 = torch.cat([rows + batch * prev_kinds.index(pair[0]) for pair in pairs])
+    rows1 = [batch * curr_kinds.index(pair[1]) + row for pair in pairs for row in range(batch)]
+    rows2 = [batch * prev_kinds.index(pair[0]) + row for pair in pairs for row in range(batch)]
     return (torch.cat([curr[kind] for kind in curr_kinds]), torch.cat([prev[kind] for kind in prev_kinds]),
-            (index1, index2))
+            (rows1, rows2))
 
 
 def _takes_pairs(bimnet) -> bool:
@@ -103,8 +102,8 @@ def _pair_flows(bimnet, blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs:
     shared = _shared_frames(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs) if _takes_pairs(bimnet) else None
     if shared is None:
         return flow_of(bimnet, *_pair_batches(blurry_prev, blurry_curr, sharp_prev, sharp_curr, pairs))
-    curr_frames, prev_frames, index = shared
-    return flow_of(bimnet, curr_frames, prev_frames, pairs=index)
+    curr_frames, prev_frames, rows = shared
+    return flow_of(bimnet, curr_frames, prev_frames, pairs=rows)
 
 
 def _split_pairs(flows: torch.Tensor, pairs: tuple[str, ...] = FLOW_PAIRS) -> dict[str, torch.Tensor]:

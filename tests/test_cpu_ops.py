@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pvd import kernels
-from pvd.kernels import cpu, cpu_native, reference
+from pvd.kernels import cpu, cpu_native, cpu_native_warp, reference
 
 EXTREME_FLOWS = (1e6, -1e6, 1e30, -1e30, float("nan"), float("inf"), float("-inf"))
 FLOAT64_TOL = 1e-12
@@ -81,6 +81,67 @@ def test_warp_gradcheck():
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     flow = (torch.randn(2, 2, 5, 6, dtype=torch.float64) * 2).requires_grad_()
     assert torch.autograd.gradcheck(cpu.warp, (x, flow))
+
+
+@pytest.fixture
+def nhwc_warp_calls(monkeypatch):
+    """Calls that reached the compiled channels_last warp (`cpu_native_warp.warp`); skips without numba."""
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    calls = []
+    native = cpu_native_warp.warp
+    monkeypatch.setattr(cpu_native_warp, "warp", lambda *a: calls.append(a[0].shape) or native(*a))
+    return calls
+
+
+# (B, C, H, W): channel counts at and above MIN_CHANNELS, sizes that are no multiple of anything, single rows
+NHWC_WARP_SHAPES = [(3, 16, 7, 9), (2, 19, 5, 1), (1, 33, 1, 6), (2, 16, 2, 2), (1, 17, 12, 13)]
+
+
+@pytest.mark.parametrize("shape", NHWC_WARP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_warp_matches_reference(shape, dtype, nhwc_warp_calls):
+    """Channels_last features take the compiled NHWC kernel: values and both gradients equal the float64
+    reference, with far and non-finite flows, and the gradient of x comes back channels_last."""
+    torch.manual_seed(sum(shape))
+    batch, _, height, width = shape
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    flow = flows_with_extremes(batch, height, width, dtype, extreme_fraction=0.25)
+    grad_out = torch.randn(shape, dtype=dtype)
+    expected = grads(reference.warp, (x.double(), flow.double()), (0, 1), grad_out.double())
+    leaf_x = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    leaf_flow = flow.detach().clone().requires_grad_()
+    out = cpu.warp(leaf_x, leaf_flow)
+    actual = (out, *torch.autograd.grad(out, (leaf_x, leaf_flow), grad_out))
+    assert nhwc_warp_calls == [shape]
+    tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
+    for name, a, e in zip(("out", "grad_x", "grad_flow"), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(a.double(), e, atol=tol * scale, rtol=tol, msg=name)
+    assert actual[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_warp_gradcheck(nhwc_warp_calls):
+    x = torch.randn(2, 16, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    flow = torch.randn(2, 2, 4, 5, dtype=torch.float64) * 2
+    assert torch.autograd.gradcheck(cpu.warp, (x.requires_grad_(), flow.requires_grad_()))
+    assert nhwc_warp_calls
+
+
+def test_warp_takes_the_nhwc_kernel_only_for_channels_last_features(nhwc_warp_calls):
+    flow = torch.randn(2, 2, 6, 7)
+    for x in (torch.randn(2, 32, 6, 7),  # NCHW
+              torch.randn(2, 8, 6, 7).contiguous(memory_format=torch.channels_last),  # too few channels
+              torch.randn(2, 32, 6, 14).contiguous(memory_format=torch.channels_last)[..., ::2]):  # strided
+        torch.testing.assert_close(cpu.warp(x, flow), reference.warp(x, flow), atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+    assert nhwc_warp_calls == []
+    features = torch.randn(2, 32, 6, 7).contiguous(memory_format=torch.channels_last)
+    with cpu.compiled_kernels(False):
+        cpu.warp(features, flow)
+    assert nhwc_warp_calls == []
+    cpu.warp(features, flow)
+    assert nhwc_warp_calls == [features.shape]
 
 
 # ----------------------------------------------------------------------------------------------- pixel volume
@@ -275,7 +336,7 @@ def test_native_correlation_splits_rows_and_channels_across_threads():
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert len(cpu_native._bands(f1.shape[1], cpu_native.MIN_CHANNELS_PER_THREAD)) == 2
+        assert len(cpu_native.bands(f1.shape[1], cpu_native.MIN_CHANNELS_PER_THREAD)) == 2
         actual = grads(lambda a, b: cpu.correlation(a, b, 2, 1), (f1, f2), (0, 1), grad_out)
     finally:
         torch.set_num_threads(threads)

@@ -46,7 +46,7 @@ MIN_CHANNELS_PER_THREAD = 8  # correlation backward
 MAX_KERNEL_SIZE = 15  # pixel volume: the 2k bits of `_prepare`'s code fit an int32
 
 
-def _compiled(function):
+def compiled(function):
     # fastmath "contract" only: fused multiply-adds, no reassociation and no assumptions about NaN or inf.
     return numba.njit(cache=True, nogil=True, fastmath={"contract"})(function) if AVAILABLE else function
 
@@ -106,7 +106,7 @@ def _inside_bits(target, size, half):
     return ((1 << (last - first + 1)) - 1) << (first + half) if first <= last else 0
 
 
-@_compiled
+@compiled
 def _gather(canvas, gray_fill, base, code, kernel_size, row_start, row_stop, out):
     """Rows [row_start, row_stop) of out (B, k*k, H, W). canvas: gray_image zero-padded by 2h on every side;
     base, code: `_prepare`'s.
@@ -141,7 +141,7 @@ def _gather(canvas, gray_fill, base, code, kernel_size, row_start, row_stop, out
                         row[np.uintp(x)] = value if inside else fill_row[np.uintp(x)]
 
 
-@_compiled
+@compiled
 def _scatter(grad_out, base, code, kernel_size, row_start, row_stop, grad_canvas, grad_fill):
     """The adjoint of `_gather` for output rows [row_start, row_stop): each gradient value is added where its
     output value was read (grad_canvas, padded like the canvas, or grad_fill)."""
@@ -175,7 +175,7 @@ if hasattr(os, "register_at_fork"):  # a forked child (e.g. a DataLoader worker)
     os.register_at_fork(after_in_child=_POOL.clear)
 
 
-def _bands(length: int, minimum: int) -> list[tuple[int, int]]:
+def bands(length: int, minimum: int) -> list[tuple[int, int]]:
     """[start, stop) bands covering range(length), one per thread (torch.get_num_threads()), each at least
     `minimum` long (fewer bands where length is short)."""
     count = max(1, min(torch.get_num_threads(), length // minimum))
@@ -184,10 +184,10 @@ def _bands(length: int, minimum: int) -> list[tuple[int, int]]:
 
 
 def _row_bands(height: int) -> list[tuple[int, int]]:
-    return _bands(height, MIN_ROWS_PER_THREAD)
+    return bands(height, MIN_ROWS_PER_THREAD)
 
 
-def _run_bands(function, calls: list[tuple]) -> None:
+def run_bands(function, calls: list[tuple]) -> None:
     """function(*arguments) for every tuple of calls, on a thread each (the first on this one)."""
     if len(calls) == 1:
         function(*calls[0])
@@ -218,7 +218,7 @@ class _PixelVolume(torch.autograd.Function):
                  *(t.numpy() for t in (canvas, gray_fill, base, code)))
         out = flow.new_empty(batch, kernel_size * kernel_size, height, width)
         arrays = [t.numpy() for t in (canvas, gray_fill, base, code)]
-        _run_bands(_gather, [(*arrays, kernel_size, start, stop, out.numpy()) for start, stop in _row_bands(height)])
+        run_bands(_gather, [(*arrays, kernel_size, start, stop, out.numpy()) for start, stop in _row_bands(height)])
         ctx.save_for_backward(base, code, gray_weights)
         ctx.kernel_size, ctx.canvas_shape = kernel_size, canvas.shape
         ctx.channels = image.shape[1], fill.shape[1]
@@ -227,12 +227,12 @@ class _PixelVolume(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         base, code, gray_weights = ctx.saved_tensors
-        bands = _row_bands(base.shape[1])
-        grad_canvases = [grad_out.new_zeros(ctx.canvas_shape) for _ in bands]  # one per thread: no races
+        row_bands = _row_bands(base.shape[1])
+        grad_canvases = [grad_out.new_zeros(ctx.canvas_shape) for _ in row_bands]  # one per thread: no races
         grad_gray_fill = grad_out.new_zeros(base.shape)
         arrays = (_array(grad_out), base.numpy(), code.numpy(), ctx.kernel_size)
-        _run_bands(_scatter, [(*arrays, start, stop, grad_canvas.numpy(), grad_gray_fill.numpy())
-                              for (start, stop), grad_canvas in zip(bands, grad_canvases)])
+        run_bands(_scatter, [(*arrays, start, stop, grad_canvas.numpy(), grad_gray_fill.numpy())
+                             for (start, stop), grad_canvas in zip(row_bands, grad_canvases)])
         grad_canvas = grad_canvases[0]
         for other in grad_canvases[1:]:
             grad_canvas += other
@@ -267,7 +267,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
 CHANNEL_BLOCK = 4  # correlation forward: channels per pass over the accumulator rows (the loop is written out for 4)
 
 
-@_compiled
+@compiled
 def _correlate(a, g, max_displacement, row_start, row_stop, out):
     """out[b, dy, dx, y, x] = mean over channels of a[b, c, y, x] * g[b, c, y + dy, x + dx] for image rows
     [row_start, row_stop). a (B, C, Ho, Wo); g (B, C, Ho + 2d, Wo + 2d); out (B, D, D, Ho, Wo), written once.
@@ -309,7 +309,7 @@ def _correlate(a, g, max_displacement, row_start, row_stop, out):
                         out_row[x] = row[x] * scale
 
 
-@_compiled
+@compiled
 def _correlate_backward(grad_out, a, g, max_displacement, channel_start, channel_stop, grad_a, grad_g):
     """The adjoint of `_correlate` for channels [channel_start, channel_stop); grad_out (B, D, D, Ho, Wo);
     grad_a, grad_g (shaped as a, g) start at zero."""
@@ -339,7 +339,7 @@ class _Correlation(torch.autograd.Function):
         out = a.new_empty(batch, size * size, height, width)  # not a view: callers may modify it in place
         arrays = (_array(a), _array(g), max_displacement)
         out_array = out.numpy().reshape(batch, size, size, height, width)
-        _run_bands(_correlate, [(*arrays, start, stop, out_array) for start, stop in _bands(height, 1)])
+        run_bands(_correlate, [(*arrays, start, stop, out_array) for start, stop in bands(height, 1)])
         ctx.save_for_backward(a, g)
         ctx.max_displacement = max_displacement
         return out
@@ -352,8 +352,8 @@ class _Correlation(torch.autograd.Function):
         grad_out = (grad_out / channels).reshape(batch, size, size, height, width)
         grad_a, grad_g = torch.zeros_like(a), torch.zeros_like(g)
         arrays = (_array(grad_out), _array(a), _array(g), ctx.max_displacement)
-        _run_bands(_correlate_backward, [(*arrays, start, stop, grad_a.numpy(), grad_g.numpy())
-                                         for start, stop in _bands(channels, MIN_CHANNELS_PER_THREAD)])
+        run_bands(_correlate_backward, [(*arrays, start, stop, grad_a.numpy(), grad_g.numpy())
+                                        for start, stop in bands(channels, MIN_CHANNELS_PER_THREAD)])
         return grad_a, grad_g, None
 
 

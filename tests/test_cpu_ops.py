@@ -107,6 +107,7 @@ def test_channels_last_warp_matches_reference(shape, dtype, nhwc_warp_calls):
     batch, _, height, width = shape
     x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
     flow = flows_with_extremes(batch, height, width, dtype, extreme_fraction=0.25)
+    flow = flow.contiguous(memory_format=torch.channels_last)  # as BIMNet's flows: channel stride 1
     grad_out = torch.randn(shape, dtype=dtype)
     expected = grads(reference.warp, (x.double(), flow.double()), (0, 1), grad_out.double())
     leaf_x = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()

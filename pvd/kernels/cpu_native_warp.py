@@ -32,6 +32,28 @@ MIN_ROWS_PER_THREAD = 8  # forward: smaller bands of batch rows are not worth a 
 
 
 @compiled
+def _cell(x_, y, flow_x, flow_y, width, height):
+    """(defined, left, top, frac_x, frac_y): the sample point of pixel (x_, y) clamped to [-2, W + 1] x [-2, H + 1]
+    (where all four taps are outside, so the clamp changes no value and no gradient), its top-left tap and its
+    fractional offsets; defined False for a non-finite flow."""
+    if not (math.isfinite(flow_x) and math.isfinite(flow_y)):
+        return False, 0, 0, 0.0, 0.0
+    sample_x = min(max(x_ + flow_x, -2.0), width + 1.0)
+    sample_y = min(max(y + flow_y, -2.0), height + 1.0)
+    left, top = math.floor(sample_x), math.floor(sample_y)
+    return True, int(left), int(top), sample_x - left, sample_y - top
+
+
+@compiled
+def _tap(tap, left, top, frac_x, frac_y, width, height):
+    """(inside, tap_y, tap_x, weight_x, weight_y) of bilinear tap 0-3 (dy = tap // 2, dx = tap % 2)."""
+    dy, dx = tap // 2, tap % 2
+    tap_y, tap_x = top + dy, left + dx
+    inside = 0 <= tap_y <= height - 1 and 0 <= tap_x <= width - 1
+    return inside, tap_y, tap_x, frac_x if dx else 1.0 - frac_x, frac_y if dy else 1.0 - frac_y
+
+
+@compiled
 def _warp_rows(x, flow, row_start, row_stop, out):
     """out[b, y, x_, :] for the rows b * H + y in [row_start, row_stop). x, out (B, H, W, C); flow (B, 2, H, W)."""
     _, height, width, channels = x.shape
@@ -42,24 +64,13 @@ def _warp_rows(x, flow, row_start, row_stop, out):
             target = out[b, y, x_]
             for c in range(channels):
                 target[c] = 0.0
-            flow_x, flow_y = flow[b, 0, y, x_], flow[b, 1, y, x_]
-            if not (math.isfinite(flow_x) and math.isfinite(flow_y)):
+            defined, left, top, frac_x, frac_y = _cell(x_, y, flow[b, 0, y, x_], flow[b, 1, y, x_], width, height)
+            if not defined:
                 continue
-            sample_x = min(max(x_ + flow_x, -2.0), width + 1.0)
-            sample_y = min(max(y + flow_y, -2.0), height + 1.0)
-            left, top = math.floor(sample_x), math.floor(sample_y)
-            frac_x, frac_y = sample_x - left, sample_y - top
-            for dy in range(2):
-                tap_y = int(top) + dy
-                if tap_y < 0 or tap_y > height - 1:
-                    continue
-                weight_y = frac_y if dy else 1.0 - frac_y
-                for dx in range(2):
-                    tap_x = int(left) + dx
-                    if tap_x < 0 or tap_x > width - 1:
-                        continue
-                    weight = (frac_x if dx else 1.0 - frac_x) * weight_y
-                    source = x[b, tap_y, tap_x]
+            for tap in range(4):
+                inside, tap_y, tap_x, weight_x, weight_y = _tap(tap, left, top, frac_x, frac_y, width, height)
+                if inside:
+                    weight, source = weight_x * weight_y, x[b, tap_y, tap_x]
                     for c in range(channels):
                         target[c] += weight * source[c]
 
@@ -73,37 +84,27 @@ def _warp_backward_images(grad_out, x, flow, batch_start, batch_stop, grad_x, gr
             for x_ in range(width):
                 grad_flow[b, 0, y, x_] = 0.0
                 grad_flow[b, 1, y, x_] = 0.0
-                flow_x, flow_y = flow[b, 0, y, x_], flow[b, 1, y, x_]
-                if not (math.isfinite(flow_x) and math.isfinite(flow_y)):
+                defined, left, top, frac_x, frac_y = _cell(x_, y, flow[b, 0, y, x_], flow[b, 1, y, x_], width,
+                                                           height)
+                if not defined:
                     continue
-                sample_x = min(max(x_ + flow_x, -2.0), width + 1.0)
-                sample_y = min(max(y + flow_y, -2.0), height + 1.0)
-                left, top = math.floor(sample_x), math.floor(sample_y)
-                frac_x, frac_y = sample_x - left, sample_y - top
                 grad = grad_out[b, y, x_]
                 grad_sample_x = 0.0
                 grad_sample_y = 0.0
-                for dy in range(2):
-                    tap_y = int(top) + dy
-                    if tap_y < 0 or tap_y > height - 1:
+                for tap in range(4):
+                    inside, tap_y, tap_x, weight_x, weight_y = _tap(tap, left, top, frac_x, frac_y, width, height)
+                    if not inside:
                         continue
-                    weight_y = frac_y if dy else 1.0 - frac_y
-                    for dx in range(2):
-                        tap_x = int(left) + dx
-                        if tap_x < 0 or tap_x > width - 1:
-                            continue
-                        weight_x = frac_x if dx else 1.0 - frac_x
-                        weight = weight_x * weight_y
-                        source, target = x[b, tap_y, tap_x], grad_x[b, tap_y, tap_x]
-                        for c in range(channels):
-                            target[c] += weight * grad[c]
-                        dot = 0.0
-                        for c in range(channels):
-                            dot += grad[c] * source[c]
-                        # d weight / d sample: +-weight_y along x, +-weight_x along y (sign: which tap)
-                        grad_sample_x += (1.0 if dx else -1.0) * weight_y * dot
-                        grad_sample_y += (1.0 if dy else -1.0) * weight_x * dot
-                # (a clamped sample has all four taps outside: no gradient reaches the clamp's flat parts)
+                    weight = weight_x * weight_y
+                    source, target = x[b, tap_y, tap_x], grad_x[b, tap_y, tap_x]
+                    for c in range(channels):
+                        target[c] += weight * grad[c]
+                    dot = 0.0
+                    for c in range(channels):
+                        dot += grad[c] * source[c]
+                    # d weight / d sample: +-weight_y along x, +-weight_x along y (the sign: which tap)
+                    grad_sample_x += (1.0 if tap % 2 else -1.0) * weight_y * dot
+                    grad_sample_y += (1.0 if tap // 2 else -1.0) * weight_x * dot
                 grad_flow[b, 0, y, x_] = grad_sample_x
                 grad_flow[b, 1, y, x_] = grad_sample_y
 

@@ -11,9 +11,9 @@ In channels_last a pixel's channels are contiguous, so every bilinear tap is one
 the forward is four multiply-adds of C-vectors per output pixel, the backward four of them into the tapped
 pixels of grad_x plus four dot products for the flow gradient. `F.grid_sample` (the other path) works in
 NCHW: it copies channels_last input to NCHW, and its output and gradients come back NCHW, to be copied again.
-Measured on the development CPU (2 threads, a batch of 32, forward + backward with those copies): 32 channels
-of 32x32, 8.5 -> 3.3 ms; 64 of 16x16, 3.4 -> 1.1 ms. For 3-channel images it was slower (4.9 -> 6.4 ms at
-64x64), hence MIN_CHANNELS.
+Measured on the development CPU (a batch of 32, forward + backward with those copies, 2 / 1 threads): 32
+channels of 32x32, 8.4-8.8 -> 4.4-4.6 ms / 14.5 -> 9.3 ms; 64 of 16x16, 3.7-4.2 -> 1.1 ms / 6.3 -> 2.7 ms. For
+3-channel images it was slower (4.9 -> 6.4 ms at 64x64, 2 threads), hence MIN_CHANNELS.
 
 Forward bands are rows of the batch (b * H + y); backward bands whole images, since the taps of an image's
 pixels write anywhere in that image's grad_x.

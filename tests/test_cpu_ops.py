@@ -170,9 +170,42 @@ def pixel_volume_path(request, monkeypatch):
     yield from run_on_path(request, monkeypatch, "pixel_volume")
 
 
-@pytest.fixture(params=["native", "eager"])
+@pytest.fixture(params=["native", "eager", "all_pairs"])
 def correlation_path(request, monkeypatch):
-    yield from run_on_path(request, monkeypatch, "correlation_of_samples")
+    """The correlation on one path for maps of every size: the compiled loops, the eager tiles (no map takes the
+    all-pairs matmul), or the all-pairs matmul (every map takes it); checked at the end by a spy."""
+    if request.param != "all_pairs":
+        monkeypatch.setattr(cpu, "ALL_PAIRS_MAX_PIXELS", 0)
+        yield from run_on_path(request, monkeypatch, "correlation_of_samples")
+        return
+    monkeypatch.setattr(cpu, "ALL_PAIRS_MAX_PIXELS", 10**9)
+    calls = []
+    all_pairs = cpu._correlation_of_all_pairs
+    monkeypatch.setattr(cpu, "_correlation_of_all_pairs", lambda *a: calls.append(1) or all_pairs(*a))
+    yield request.param
+    assert calls, "the correlation did not take the all-pairs path"
+
+
+@pytest.mark.parametrize(("height", "width", "stride", "all_pairs"),
+                         [(8, 8, 1, True), (16, 15, 2, True), (9, 8, 1, False), (17, 16, 2, False)])
+def test_correlation_takes_all_pairs_on_maps_of_at_most_64_pixels(height, width, stride, all_pairs, monkeypatch):
+    calls = []
+    original = cpu._correlation_of_all_pairs
+    monkeypatch.setattr(cpu, "_correlation_of_all_pairs", lambda *a: calls.append(1) or original(*a))
+    f1, f2 = torch.randn(2, 1, 3, height, width, dtype=torch.float64).unbind(0)
+    torch.testing.assert_close(cpu.correlation(f1, f2, 3, stride), reference.correlation(f1, f2, 3, stride),
+                               atol=FLOAT64_TOL, rtol=FLOAT64_TOL)
+    assert bool(calls) == all_pairs
+
+
+def test_all_pairs_index_made_under_inference_mode_serves_autograd_later():
+    """The cached displacement index must be a normal tensor: gather saves it for backward."""
+    f1, f2 = torch.randn(2, 1, 3, 5, 7).unbind(0)
+    with torch.inference_mode():
+        cpu.correlation(f1, f2, 3, 1)
+    f1.requires_grad_()
+    cpu.correlation(f1, f2, 3, 1).sum().backward()
+    assert f1.grad is not None
 
 
 @pytest.mark.parametrize("case", PIXEL_VOLUME_CASES, ids=lambda c: "b{}_c{}{}_{}x{}_k{}".format(*c))
@@ -315,7 +348,7 @@ def test_native_kernels_run_in_a_forked_child_after_the_parent_used_its_threads(
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        f1 = torch.randn(1, 2 * cpu_native.MIN_CHANNELS_PER_THREAD, 6, 7)
+        f1 = torch.randn(1, 2 * cpu_native.MIN_CHANNELS_PER_THREAD, 9, 8)  # > ALL_PAIRS_MAX_PIXELS: compiled
         cpu.correlation(f1, f1, 1, 1)  # the parent starts a pool's thread
         child = multiprocessing.get_context("fork").Process(target=cpu.correlation, args=(f1, f1, 1, 1))
         child.start()
@@ -406,7 +439,7 @@ def test_compiled_kernels_switch_routes_the_ops_and_restores(monkeypatch):
         native = getattr(cpu_native, entry)
         monkeypatch.setattr(cpu_native, entry, lambda *a, _native=native, _entry=entry: calls.append(_entry)
                             or _native(*a))
-    x, flow = torch.randn(1, 3, 6, 8), torch.randn(1, 2, 6, 8)
+    x, flow = torch.randn(1, 3, 9, 8), torch.randn(1, 2, 9, 8)  # 72 pixels > ALL_PAIRS_MAX_PIXELS
 
     def run():
         calls.clear()

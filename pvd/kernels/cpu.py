@@ -110,12 +110,18 @@ def _grid_scale(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
 
 def _normalised_positions(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """(H, W, 2) pixel coordinates x, y normalised for grid_sample(align_corners=True); cached per size."""
-    key = (height, width, like.dtype, like.device)
+    return _cached((height, width, like.dtype, like.device),
+                   lambda: _pixel_positions(height, width, like) * _grid_scale(height, width, like) - 1.0)
+
+
+def _cached(key: tuple, make) -> torch.Tensor:
+    """make() once per key (sizes, dtype, device) in a small cache (cleared past 64 entries), made outside
+    inference mode: a normal tensor that autograd may save later even when first made under inference_mode."""
     if key not in _GRID_CACHE:
         if len(_GRID_CACHE) > 64:
             _GRID_CACHE.clear()
-        with torch.inference_mode(False):  # a normal tensor, usable with autograd later
-            _GRID_CACHE[key] = _pixel_positions(height, width, like) * _grid_scale(height, width, like) - 1.0
+        with torch.inference_mode(False):
+            _GRID_CACHE[key] = make()
     return _GRID_CACHE[key]
 
 
@@ -231,19 +237,15 @@ def _correlation_of_all_pairs(a: torch.Tensor, b: torch.Tensor, max_displacement
 def _displacement_columns(height: int, width: int, d: int, device: torch.device) -> torch.Tensor:
     """(1, H*W, D*D) int64: for output pixel (y, x) and displacement (dy, dx), the flat index (y + dy) * (W + 2d)
     + (x + dx) of the pixel it pairs with in the padded map (dy slow, dx fast, as the cost volume's channels)."""
-    key = ("displacement columns", height, width, d, device)
-    if key not in _GRID_CACHE:
-        if len(_GRID_CACHE) > 64:
-            _GRID_CACHE.clear()
+    def make() -> torch.Tensor:
         size = 2 * d + 1
-        with torch.inference_mode(False):  # a normal tensor: gather saves it for backward
-            ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
-                                    indexing="ij")
-            dy, dx = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device),
-                                    indexing="ij")
-            rows = ys.reshape(-1, 1) + dy.reshape(1, -1)
-            _GRID_CACHE[key] = (rows * (width + 2 * d) + xs.reshape(-1, 1) + dx.reshape(1, -1)).unsqueeze(0)
-    return _GRID_CACHE[key]
+        ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                indexing="ij")
+        dy, dx = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
+        rows = ys.reshape(-1, 1) + dy.reshape(1, -1)
+        return (rows * (width + 2 * d) + xs.reshape(-1, 1) + dx.reshape(1, -1)).unsqueeze(0)
+
+    return _cached(("displacement columns", height, width, d, device), make)  # gather saves it for backward
 
 
 class _CorrelationLayout:

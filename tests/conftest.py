@@ -62,17 +62,26 @@ def cpu_kernels_one_thread(monkeypatch):
 
 
 @pytest.fixture
-def compiled_pixel_volume_calls(monkeypatch) -> list:
+def spy(monkeypatch):
+    """spy(owner, name) -> a list that gets the positional arguments of every call of owner.name, which still
+    runs (undone after the test)."""
+    def wrap(owner, name: str) -> list:
+        calls = []
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+        return calls
+    return wrap
+
+
+@pytest.fixture
+def compiled_pixel_volume_calls(spy) -> list:
     """A list that gets one entry per call of the compiled CPU pixel volume (`pvd.kernels.cpu_native`), which
     still runs; the test is skipped without numba."""
     from pvd.kernels import cpu_native
 
     if not cpu_native.AVAILABLE:
         pytest.skip("numba is not installed: only the eager CPU ops can run")
-    calls = []
-    compiled = cpu_native.pixel_volume
-    monkeypatch.setattr(cpu_native, "pixel_volume", lambda *args: calls.append(1) or compiled(*args))
-    return calls
+    return spy(cpu_native, "pixel_volume")
 
 
 @pytest.fixture(autouse=True)

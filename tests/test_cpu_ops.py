@@ -84,14 +84,16 @@ def test_warp_gradcheck():
 
 
 @pytest.fixture
-def nhwc_warp_calls(monkeypatch):
-    """Calls that reached the compiled channels_last warp (`cpu_native_warp.warp`); skips without numba."""
+def nhwc_warp_calls(spy):
+    """Calls (their arguments) that reached the compiled channels_last warp (`cpu_native_warp.warp`); skips
+    without numba."""
     if not cpu_native.AVAILABLE:
         pytest.skip("numba is not installed: only the eager CPU ops can run")
-    calls = []
-    native = cpu_native_warp.warp
-    monkeypatch.setattr(cpu_native_warp, "warp", lambda *a: calls.append(a[0].shape) or native(*a))
-    return calls
+    return spy(cpu_native_warp, "warp")
+
+
+def shapes_of_x(calls: list) -> list:
+    return [args[0].shape for args in calls]
 
 
 # (B, C, H, W): channel counts at and above MIN_CHANNELS, sizes that are no multiple of anything, single rows
@@ -114,7 +116,7 @@ def test_channels_last_warp_matches_reference(shape, dtype, nhwc_warp_calls):
     leaf_flow = flow.detach().clone().requires_grad_()
     out = cpu.warp(leaf_x, leaf_flow)
     actual = (out, *torch.autograd.grad(out, (leaf_x, leaf_flow), grad_out))
-    assert nhwc_warp_calls == [shape]
+    assert shapes_of_x(nhwc_warp_calls) == [shape]
     tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
     for name, a, e in zip(("out", "grad_x", "grad_flow"), actual, expected):
         assert a.dtype == dtype and a.shape == e.shape, name
@@ -142,7 +144,7 @@ def test_warp_takes_the_nhwc_kernel_only_for_channels_last_features(nhwc_warp_ca
         cpu.warp(features, flow)
     assert nhwc_warp_calls == []
     cpu.warp(features, flow)
-    assert nhwc_warp_calls == [features.shape]
+    assert shapes_of_x(nhwc_warp_calls) == [features.shape]
 
 
 # ----------------------------------------------------------------------------------------------- pixel volume
@@ -152,46 +154,40 @@ PIXEL_VOLUME_CASES = [(2, 3, 3, 7, 9, 5), (1, 3, 3, 1, 1, 3), (1, 3, 1, 1, 9, 3)
                       (1, 1, 1, 6, 5, 1), (3, 3, 3, 17, 16, 3), (2, 3, 3, 9, 8, 9)]
 
 
-def run_on_path(request, monkeypatch, entry: str):
+def run_on_path(request, monkeypatch, spy, entry: str):
     """Make pvd.kernels.cpu take the compiled path (numba, pvd.kernels.cpu_native) or the eager fallback, as
     request.param says, and check at the end that it took it (a spy on cpu_native's entry point)."""
     if request.param == "native" and not cpu_native.AVAILABLE:
         pytest.skip("numba is not installed: only the eager CPU ops can run")
     monkeypatch.setattr(cpu_native, "AVAILABLE", request.param == "native")
-    calls = []
-    native = getattr(cpu_native, entry)
-    monkeypatch.setattr(cpu_native, entry, lambda *a: calls.append(1) or native(*a))
+    calls = spy(cpu_native, entry)
     yield request.param
     assert bool(calls) == (request.param == "native"), f"the CPU op did not take the {request.param} path"
 
 
 @pytest.fixture(params=["native", "eager"])
-def pixel_volume_path(request, monkeypatch):
-    yield from run_on_path(request, monkeypatch, "pixel_volume")
+def pixel_volume_path(request, monkeypatch, spy):
+    yield from run_on_path(request, monkeypatch, spy, "pixel_volume")
 
 
 @pytest.fixture(params=["native", "eager", "all_pairs"])
-def correlation_path(request, monkeypatch):
+def correlation_path(request, monkeypatch, spy):
     """The correlation on one path for maps of every size: the compiled loops, the eager tiles (no map takes the
     all-pairs matmul), or the all-pairs matmul (every map takes it); checked at the end by a spy."""
     if request.param != "all_pairs":
         monkeypatch.setattr(cpu, "ALL_PAIRS_MAX_PIXELS", 0)
-        yield from run_on_path(request, monkeypatch, "correlation_of_samples")
+        yield from run_on_path(request, monkeypatch, spy, "correlation_of_samples")
         return
     monkeypatch.setattr(cpu, "ALL_PAIRS_MAX_PIXELS", 10**9)
-    calls = []
-    all_pairs = cpu._correlation_of_all_pairs
-    monkeypatch.setattr(cpu, "_correlation_of_all_pairs", lambda *a: calls.append(1) or all_pairs(*a))
+    calls = spy(cpu, "_correlation_of_all_pairs")
     yield request.param
     assert calls, "the correlation did not take the all-pairs path"
 
 
 @pytest.mark.parametrize(("height", "width", "stride", "all_pairs"),
                          [(8, 8, 1, True), (16, 15, 2, True), (9, 8, 1, False), (17, 16, 2, False)])
-def test_correlation_takes_all_pairs_on_maps_of_at_most_64_pixels(height, width, stride, all_pairs, monkeypatch):
-    calls = []
-    original = cpu._correlation_of_all_pairs
-    monkeypatch.setattr(cpu, "_correlation_of_all_pairs", lambda *a: calls.append(1) or original(*a))
+def test_correlation_takes_all_pairs_on_maps_of_at_most_64_pixels(height, width, stride, all_pairs, spy):
+    calls = spy(cpu, "_correlation_of_all_pairs")
     f1, f2 = torch.randn(2, 1, 3, height, width, dtype=torch.float64).unbind(0)
     torch.testing.assert_close(cpu.correlation(f1, f2, 3, stride), reference.correlation(f1, f2, 3, stride),
                                atol=FLOAT64_TOL, rtol=FLOAT64_TOL)

@@ -86,9 +86,6 @@ def single_thread() -> Iterator[None]:
     pays for waking the sleeping ones (about 45 us per op measured on the 2-core development machine, more than
     a 64K-element op takes on 1 thread)."""
     threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
     torch.set_num_threads(1)
     try:
         yield

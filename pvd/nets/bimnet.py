@@ -268,9 +268,11 @@ class BIMNet(nn.Module):
         images1 = _image_pyramid(image1, features1)
         images2 = _image_pyramid(image2, features2)
         if pairs is not None:
-            rows1, rows2 = (_row_list(rows, image.shape[0]) for rows, image in zip(pairs, (image1, image2)))
-            features1, images1 = ({level: _take_rows(x, rows1) for level, x in d.items()} for d in (features1, images1))
-            features2, images2 = ({level: _take_rows(x, rows2) for level, x in d.items()} for d in (features2, images2))
+            pieces1, pieces2 = (_row_pieces(rows, image.shape[0]) for rows, image in zip(pairs, (image1, image2)))
+            features1, images1 = ({level: _take_rows(x, pieces1) for level, x in d.items()}
+                                  for d in (features1, images1))
+            features2, images2 = ({level: _take_rows(x, pieces2) for level, x in d.items()}
+                                  for d in (features2, images2))
         flow = None
         flows = {}
         for level in reversed(LEVELS):
@@ -337,27 +339,32 @@ def _image_pyramid(image: torch.Tensor, features: dict[int, torch.Tensor]) -> di
     return images
 
 
-def _row_list(rows, count: int) -> list[int]:
-    """`rows` (ints or an integer tensor) as a list of row numbers in [0, count) (ValueError otherwise)."""
+def _row_pieces(rows, count: int) -> tuple[list[int], list[int]]:
+    """How `_take_rows` gathers `rows` (ints or an integer tensor; ValueError unless all are in [0, count)) from
+    a tensor of `count` rows: (the sizes to split it into, the order in which to concatenate the pieces). The
+    pieces are cut at the ends of the runs of consecutive rows, so each run is one or a few whole pieces."""
     rows = rows.tolist() if isinstance(rows, torch.Tensor) else [int(row) for row in rows]
     if not rows or min(rows) < 0 or max(rows) >= count:
         raise ValueError(f"BIMNet: pairs must hold row numbers in [0, {count}), got {rows}")
-    return rows
-
-
-def _take_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """x[rows] along dim 0, built from one split of x and one cat of its pieces, so that the backward adds
-    each piece's gradients and keeps x's memory format. (Indexing's backward, an accumulating index_put, was
-    3-10x slower on CPU at training sizes and handed channels_last features a contiguous gradient.)"""
     runs = []  # [start, stop) of the runs of consecutive rows, in order
     for row in rows:
         if runs and runs[-1][1] == row:
             runs[-1][1] += 1
         else:
             runs.append([row, row + 1])
-    cuts = sorted({0, x.shape[0], *(cut for run in runs for cut in run)})
-    pieces = dict(zip(cuts, x.split([stop - start for start, stop in zip(cuts, cuts[1:])])))
-    return torch.cat([pieces[cut] for start, stop in runs for cut in cuts if start <= cut < stop])
+    cuts = sorted({0, count, *(cut for run in runs for cut in run)})
+    order = [piece for start, stop in runs for piece, cut in enumerate(cuts[:-1]) if start <= cut < stop]
+    return [stop - start for start, stop in zip(cuts, cuts[1:])], order
+
+
+def _take_rows(x: torch.Tensor, pieces: tuple[list[int], list[int]]) -> torch.Tensor:
+    """x[rows] along dim 0 with `pieces = _row_pieces(rows, len(x))`: one split of x and one cat of its pieces,
+    so that the backward adds each piece's gradients and keeps x's memory format. (Indexing's backward, an
+    accumulating index_put, was 3-10x slower on CPU at training sizes and handed channels_last features a
+    contiguous gradient.)"""
+    sizes, order = pieces
+    split = x.split(sizes)
+    return torch.cat([split[piece] for piece in order])
 
 
 def _check_images(image1, image2) -> None:

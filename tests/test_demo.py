@@ -169,7 +169,7 @@ def test_a_small_demo_skips_the_compiled_kernels(no_default_weights, tmp_path, m
     with pytest.warns(UserWarning, match="UNTRAINED"):
         demo.run_demo(tmp_path / "out", frames=frames, size=size, allow_untrained=True, device="cpu")
     assert len(calls) == (frames if job_pays_off else 0)
-    assert cpu._native_serves(torch.zeros(1))  # the switch is back after the run
+    assert cpu.native_serves(torch.zeros(1))  # the switch is back after the run
 
 
 def test_bad_arguments_raise_value_errors(no_default_weights, tmp_path):

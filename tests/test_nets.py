@@ -406,8 +406,105 @@ def test_regularization_neighbours_match_per_image_unfold(level):
     component = torch.randn(3, 1, 5, 7, dtype=torch.float64)
     expected = F.unfold(component, kernel_size=k, padding=k // 2).reshape(3, k * k, 5, 7)
     for layout in (torch.contiguous_format, torch.channels_last):
-        neighbours = regularization._neighbours(component, layout)
+        neighbours = bimnet_module._neighbours(component, layout, k * k)
         assert torch.equal(neighbours, expected) and neighbours.is_contiguous(memory_format=layout)
+
+
+@pytest.fixture
+def compiled_smoothing_calls(spy) -> list:
+    """Calls that reached the compiled flow smoothing (`cpu_native_smoothing`); skips without numba."""
+    from pvd.kernels import cpu_native
+
+    if not cpu_native.AVAILABLE:
+        pytest.skip("numba is not installed: only the eager CPU ops can run")
+    return spy(bimnet_module.cpu_native_smoothing, "smoothed_flow")
+
+
+def smoothing_inputs(batch, k, height, width, dtype, ties=False):
+    """distance (B, k*k, H, W) channels_last, flow (B, 2, H, W), weight (2, k*k), bias (2,). With ties, the
+    largest logit -distance**2 is reached by two or three taps at a third of the pixels (equal or opposite
+    distances, or zeros), where the max's gradient is shared."""
+    distance = torch.randn(batch, k * k, height, width, dtype=torch.float64) * 1.5
+    if ties:
+        closest = distance.abs().argmin(dim=1, keepdim=True)
+        value = distance.gather(1, closest)
+        other = (closest + 1 + torch.randint(k * k - 1, closest.shape)) % (k * k)  # another tap
+        sign = torch.where(torch.rand(value.shape) < 0.5, -1.0, 1.0).to(torch.float64)
+        tied = torch.rand(value.shape) < 0.33
+        distance = distance.scatter(1, other, torch.where(tied, sign * value, distance.gather(1, other)))
+        zeros = torch.rand(value.shape) < 0.1  # three taps at exactly zero
+        for tap in (closest, other, (other + 1) % (k * k)):
+            distance = distance.scatter(1, tap, torch.where(zeros, 0.0, distance.gather(1, tap)))
+    flow = torch.randn(batch, 2, height, width, dtype=torch.float64) * 3
+    weight, bias = torch.randn(2, k * k, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    return [t.to(dtype) for t in (distance.contiguous(memory_format=torch.channels_last), flow, weight, bias)]
+
+
+# (B, k, H, W): BIMNet's kernel sizes 7, 5 and 3; sizes no multiple of anything, single rows and columns
+SMOOTHING_SHAPES = [(3, 7, 9, 11), (2, 5, 6, 1), (1, 3, 1, 1), (2, 3, 1, 7), (1, 7, 4, 3)]
+
+
+@pytest.mark.parametrize("shape", SMOOTHING_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_compiled_smoothed_flow_matches_eager(shape, dtype, ties, compiled_smoothing_calls):
+    """The compiled smoothing (one pass per pixel) against the tensor formulation in float64: the output and
+    the gradients of distance, flow, weight and bias, also where several taps reach the max."""
+    torch.manual_seed(sum(shape) + 7 * ties)
+    inputs = smoothing_inputs(*shape, dtype, ties=ties)
+    grad_out = torch.randn(shape[0], 2, *shape[2:], dtype=torch.float64)
+
+    def run(function, tensors):
+        leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in tensors]
+        out = function(*leaves)
+        return (out, *torch.autograd.grad(out, leaves, grad_out.to(out.dtype)))
+
+    expected = run(bimnet_module.smoothed_flow_eager, [t.double() for t in inputs])
+    actual = run(bimnet_module.smoothed_flow, inputs)
+    assert len(compiled_smoothing_calls) == 1
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for name, a, e in zip(("out", "grad_distance", "grad_flow", "grad_weight", "grad_bias"), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(a.double(), e, atol=tol * scale, rtol=tol, msg=name)
+
+
+def test_compiled_smoothed_flow_gradcheck(compiled_smoothing_calls):
+    inputs = [t.requires_grad_() for t in smoothing_inputs(2, 3, 4, 5, torch.float64)]
+    assert torch.autograd.gradcheck(bimnet_module.smoothed_flow, inputs)
+    assert compiled_smoothing_calls
+
+
+def test_smoothed_flow_takes_the_compiled_pass_only_where_allowed(compiled_smoothing_calls):
+    from pvd.kernels import cpu
+
+    distance, flow, weight, bias = smoothing_inputs(1, 3, 4, 5, torch.float32)
+    with cpu.compiled_kernels(False):
+        bimnet_module.smoothed_flow(distance, flow, weight, bias)
+    assert compiled_smoothing_calls == []
+    bimnet_module.smoothed_flow(distance.contiguous(), flow, weight, bias)  # NCHW distances too
+    assert len(compiled_smoothing_calls) == 1
+
+
+def test_bimnet_compiled_smoothing_matches_eager_in_training(reference_kernels, compiled_smoothing_calls,
+                                                              monkeypatch):
+    """A whole BIMNet forward and backward, float64, with the compiled smoothing and with the eager one."""
+    from pvd.kernels import cpu
+
+    model = BIMNet().double()
+    first, second = torch.rand(2, 2, 3, 32, 32, dtype=torch.float64).unbind(0)
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(bimnet_module, "cpu_native_smoothing", None)  # would fail if called
+            monkeypatch.setattr(cpu, "native_serves", lambda tensor: False)
+        model.zero_grad()
+        flow = model(first, second)
+        flow.square().mean().backward()
+        results.append([flow] + [p.grad.clone() for p in model.regularization.parameters()])
+    assert len(compiled_smoothing_calls) == len(bimnet_module.LEVELS)
+    for compiled, eager in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
 
 
 def test_pvdnet_rejects_bad_inputs():

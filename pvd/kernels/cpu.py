@@ -67,7 +67,7 @@ def compiled_kernels(allowed: bool):
         _compiled_allowed = previous
 
 
-def _native_serves(tensor: torch.Tensor) -> bool:
+def native_serves(tensor: torch.Tensor) -> bool:
     """Whether the compiled kernels of `cpu_native` take an op whose inputs were all converted to tensor's dtype:
     numba installed and allowed (`compiled_kernels`), a CPU tensor, float32 or float64."""
     return (cpu_native.AVAILABLE and _compiled_allowed and tensor.device.type == "cpu"
@@ -89,7 +89,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     _, _, height, width = x.shape
     dtype = x.dtype
     x, flow = x.to(acc_dtype(dtype)), flow.to(acc_dtype(dtype))
-    if _native_serves(x) and cpu_native_warp.serves(x):  # channels_last features: the compiled NHWC kernel
+    if native_serves(x) and cpu_native_warp.serves(x):  # channels_last features: the compiled NHWC kernel
         return cpu_native_warp.warp(x, flow).to(dtype)
     if height < 2 or width < 2:  # the normalised grid divides by size - 1
         return reference.warp(x, flow).to(dtype)
@@ -153,7 +153,7 @@ def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, ke
     dtype = image.dtype
     image, fill = image.to(acc_dtype(dtype)), fill.to(acc_dtype(dtype))
     flow = flow.detach().to(acc_dtype(dtype))
-    if _native_serves(image) and kernel_size <= cpu_native.MAX_KERNEL_SIZE:
+    if native_serves(image) and kernel_size <= cpu_native.MAX_KERNEL_SIZE:
         out = cpu_native.pixel_volume(image, flow, fill, k)
         return reference.volume_format(out.to(dtype), out_dtype, channels_last)
     gray_image, gray_fill = reference.to_gray(image), reference.to_gray(fill)
@@ -218,7 +218,7 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 3, s
     samples = f1[:, :, ::stride, ::stride], f2[:, :, ::stride, ::stride]
     if samples[0].shape[2] * samples[0].shape[3] <= ALL_PAIRS_MAX_PIXELS:
         return _correlation_of_all_pairs(*samples, max_displacement).to(dtype)
-    if _native_serves(f1):
+    if native_serves(f1):
         return cpu_native.correlation_of_samples(*samples, max_displacement).to(dtype)
     return _Correlation.apply(f1, f2, max_displacement, stride).to(dtype)
 

@@ -252,6 +252,12 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
+def pixels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> its (B, H, W, C) view, copied only where that view is not contiguous (channels_last
+    tensors are not copied): for the kernels that read each pixel's channels as one contiguous vector."""
+    return tensor.detach().permute(0, 2, 3, 1).contiguous()
+
+
 def pixel_volume(image: torch.Tensor, flow: torch.Tensor, fill: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """See the module docstring: CPU tensors of one dtype, float32 or float64; kernel_size <= MAX_KERNEL_SIZE."""
     if not AVAILABLE:

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-from .cpu_native import AVAILABLE, bands, compiled, run_bands
+from .cpu_native import AVAILABLE, bands, compiled, pixels_last, run_bands
 
 MIN_ROWS_PER_THREAD = 8  # forward: smaller bands of batch rows are not worth a thread
 
@@ -45,17 +45,25 @@ def _largest_logit(distances):
 
 
 @compiled
+def _taps_inside(y, x_, kernel_size, height, width):
+    """(first dy, stop dy, first dx, stop dx): the taps (dy, dx) of pixel (x_, y), at (y + dy - k//2,
+    x_ + dx - k//2), that lie inside the image."""
+    half = kernel_size // 2
+    return (max(0, half - y), min(kernel_size, height + half - y),
+            max(0, half - x_), min(kernel_size, width + half - x_))
+
+
+@compiled
 def _neighbours(flow, b, y, x_, kernel_size, into):
     """into[c, j]: flow component c at tap j of pixel (x_, y) of image b, 0 outside the image."""
     _, _, height, width = flow.shape
     half = kernel_size // 2
     into[:] = 0.0
-    first_x, stop_x = max(0, half - x_), min(kernel_size, width + half - x_)  # the taps dx inside the image
-    for dy in range(max(0, half - y), min(kernel_size, height + half - y)):
-        tap_y = y + dy - half
+    first_y, stop_y, first_x, stop_x = _taps_inside(y, x_, kernel_size, height, width)
+    for dy in range(first_y, stop_y):
         for dx in range(first_x, stop_x):
-            into[0, dy * kernel_size + dx] = flow[b, 0, tap_y, x_ + dx - half]
-            into[1, dy * kernel_size + dx] = flow[b, 1, tap_y, x_ + dx - half]
+            into[0, dy * kernel_size + dx] = flow[b, 0, y + dy - half, x_ + dx - half]
+            into[1, dy * kernel_size + dx] = flow[b, 1, y + dy - half, x_ + dx - half]
 
 
 @compiled
@@ -75,10 +83,11 @@ def _smooth_rows(distance, flow, weight, bias, kernel_size, row_start, row_stop,
                 taps[j] = math.exp(-distances[j] * distances[j] - largest)
                 total += taps[j]
             totals[b, y, x_] = total
+            first_y, stop_y, first_x, stop_x = _taps_inside(y, x_, kernel_size, height, width)
             for c in range(2):
                 combined = bias[c]
-                for dy in range(max(0, half - y), min(kernel_size, height + half - y)):  # the taps inside
-                    for dx in range(max(0, half - x_), min(kernel_size, width + half - x_)):
+                for dy in range(first_y, stop_y):
+                    for dx in range(first_x, stop_x):
                         j = dy * kernel_size + dx
                         combined += weight[c, j] * (taps[j] * flow[b, c, y + dy - half, x_ + dx - half])
                 out[b, c, y, x_] = combined * (1.0 / total)
@@ -117,8 +126,9 @@ def _smooth_backward_images(grad_out, distance, flow, weight, bias, exponentials
                     grad_largest -= grad_logits[j]
                     grad_weight[0, j] += grad_combined_x * tap * neighbours[0, j]
                     grad_weight[1, j] += grad_combined_y * tap * neighbours[1, j]
-                for dy in range(max(0, half - y), min(kernel_size, height + half - y)):  # the taps inside
-                    for dx in range(max(0, half - x_), min(kernel_size, width + half - x_)):
+                first_y, stop_y, first_x, stop_x = _taps_inside(y, x_, kernel_size, height, width)
+                for dy in range(first_y, stop_y):
+                    for dx in range(first_x, stop_x):
                         j = dy * kernel_size + dx
                         grad_flow[b, 0, y + dy - half, x_ + dx - half] += grad_combined_x * weight[0, j] * taps[j]
                         grad_flow[b, 1, y + dy - half, x_ + dx - half] += grad_combined_y * weight[1, j] * taps[j]
@@ -134,15 +144,10 @@ def _smooth_backward_images(grad_out, distance, flow, weight, bias, exponentials
                     target[j] = grad_logit * (-2.0 * distances[j])
 
 
-def _pixels_last(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> its (B, H, W, C) view, copied only where that view is not contiguous."""
-    return tensor.detach().permute(0, 2, 3, 1).contiguous()
-
-
 class _SmoothedFlow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, distance, flow, weight, bias):
-        distances = _pixels_last(distance)
+        distances = pixels_last(distance)
         flow, weight, bias = (t.detach().contiguous() for t in (flow, weight, bias))
         batch, height, width, count = distances.shape
         out, exponentials = torch.empty_like(flow), torch.empty_like(distances)

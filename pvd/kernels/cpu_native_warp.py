@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .cpu_native import AVAILABLE, bands, compiled, run_bands
+from .cpu_native import AVAILABLE, bands, compiled, pixels_last, run_bands
 
 MIN_CHANNELS = 16  # fewer channels: `F.grid_sample` on NCHW is faster (see the module docstring)
 MIN_ROWS_PER_THREAD = 8  # forward: smaller bands of batch rows are not worth a thread
@@ -109,15 +109,10 @@ def _warp_backward_images(grad_out, x, flow, batch_start, batch_stop, grad_x, gr
                 grad_flow[b, 1, y, x_] = grad_sample_y
 
 
-def _pixels_last(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> its (B, H, W, C) view, copied only where that view is not contiguous."""
-    return tensor.detach().permute(0, 2, 3, 1).contiguous()
-
-
 class _Warp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, flow):
-        pixels, flow = _pixels_last(x), flow.detach().contiguous()
+        pixels, flow = pixels_last(x), flow.detach().contiguous()
         out = torch.empty_like(pixels)
         rows = pixels.shape[0] * pixels.shape[1]
         run_bands(_warp_rows, [(pixels.numpy(), flow.numpy(), start, stop, out.numpy())
@@ -129,7 +124,7 @@ class _Warp(torch.autograd.Function):
     def backward(ctx, grad_out):
         pixels, flow = ctx.saved_tensors
         grad_pixels, grad_flow = torch.zeros_like(pixels), torch.empty_like(flow)
-        arrays = (_pixels_last(grad_out).numpy(), pixels.numpy(), flow.numpy())
+        arrays = (pixels_last(grad_out).numpy(), pixels.numpy(), flow.numpy())
         run_bands(_warp_backward_images, [(*arrays, start, stop, grad_pixels.numpy(), grad_flow.numpy())
                                           for start, stop in bands(pixels.shape[0], 1)])
         return grad_pixels.permute(0, 3, 1, 2), grad_flow

@@ -401,12 +401,11 @@ def test_bimnet_pairs_match_stacked_frames_and_reject_bad_rows(reference_kernels
 @pytest.mark.parametrize("level", [2, 3, 5])
 def test_regularization_neighbours_match_per_image_unfold(level):
     """The k x k neighbourhood is gathered for the whole batch at once; it equals unfolding each image."""
-    regularization = bimnet_module.Regularization(level)
     k = bimnet_module.KERNEL_SIZE[level]
     component = torch.randn(3, 1, 5, 7, dtype=torch.float64)
     expected = F.unfold(component, kernel_size=k, padding=k // 2).reshape(3, k * k, 5, 7)
     for layout in (torch.contiguous_format, torch.channels_last):
-        neighbours = bimnet_module._neighbours(component, layout, k * k)
+        neighbours = kernels.reference.neighbours(component, layout, k * k)
         assert torch.equal(neighbours, expected) and neighbours.is_contiguous(memory_format=layout)
 
 
@@ -459,7 +458,7 @@ def test_compiled_smoothed_flow_matches_eager(shape, dtype, ties, compiled_smoot
         out = function(*leaves)
         return (out, *torch.autograd.grad(out, leaves, grad_out.to(out.dtype)))
 
-    expected = run(bimnet_module.smoothed_flow_eager, [t.double() for t in inputs])
+    expected = run(kernels.reference.smoothed_flow, [t.double() for t in inputs])
     actual = run(bimnet_module.smoothed_flow, inputs)
     assert len(compiled_smoothing_calls) == 1
     tol = 1e-12 if dtype == torch.float64 else 2e-5

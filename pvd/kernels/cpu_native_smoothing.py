@@ -8,8 +8,9 @@ Per pixel and flow component c, with tap j = dy * k + dx reading the component a
 
     e_j = exp(-d_j**2 - max_i(-d_i**2)),   out_c = (sum_j weight[c, j] * e_j * flow_c[tap j] + bias[c]) / sum_j e_j
 
-exactly the PyTorch formulation of `Regularization` (its 1x1 `combine_x`/`combine_y` convs are weight and bias),
-including the gradient through the max (shared evenly among tied taps, as `amax`'s backward does).
+exactly its PyTorch twin `pvd.kernels.reference.smoothed_flow` (`Regularization`'s 1x1 `combine_x`/`combine_y`
+convs give weight and bias), including the gradient through the max (shared evenly among tied taps, as `amax`'s
+backward does).
 
 PyTorch computes it as ~12 passes over (B, K, H, W) tensors forward and ~20 backward (square, amax, exp, sum,
 unfold, products, the 1x1 convs), each a parallel region. Here each pixel's K taps are handled in one go; the

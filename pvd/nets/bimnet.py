@@ -17,15 +17,12 @@ Module names are pvd's own; `original_key` maps every parameter name to the orig
 
 from __future__ import annotations
 
-import math
-
-import einops
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pvd import kernels
-from pvd.kernels import cpu, cpu_native_smoothing
+from pvd.kernels import cpu, cpu_native_smoothing, reference
 
 from .layout import cat_channels, grads_in, memory_format_of
 
@@ -222,40 +219,12 @@ class Regularization(nn.Module):
 
 def smoothed_flow(distance: torch.Tensor, flow: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor) -> torch.Tensor:
-    """Regularization's last step: distance (B, k*k, h, w), flow (B, 2, h, w), the combining 1x1 convs' weight
-    (2, k*k) and bias (2,) -> flow (B, 2, h, w). Each component becomes sum_j weight[c, j] * e_j * its tap j
-    (plus bias[c]), divided by sum_j e_j, with e = exp(-distance**2 - its max over the taps); tap j = dy * k + dx
-    is the k x k neighbour (dy, dx), zero outside.
-
-    On CPU with numba (`cpu.native_serves`), one compiled pass per pixel (`cpu_native_smoothing`); otherwise the
-    tensor formulation `smoothed_flow_eager`. At level 2 (K = 49, 32x32, a batch of 32), forward + backward on the
-    development CPU, 2 threads: 22-23 ms eager, 11 ms compiled."""
+    """Regularization's last step (`reference.smoothed_flow` states it): on CPU with numba (`cpu.native_serves`)
+    one compiled pass per pixel (`cpu_native_smoothing`), otherwise the tensor formulation. At level 2 (K = 49,
+    32x32, a batch of 32), forward + backward on the development CPU, 2 threads: 22-23 ms eager, 11 ms compiled."""
     if cpu.native_serves(distance) and flow.dtype == weight.dtype == bias.dtype == distance.dtype:
         return cpu_native_smoothing.smoothed_flow(distance, flow, weight, bias)
-    return smoothed_flow_eager(distance, flow, weight, bias)
-
-
-def smoothed_flow_eager(distance: torch.Tensor, flow: torch.Tensor, weight: torch.Tensor,
-                        bias: torch.Tensor) -> torch.Tensor:
-    """`smoothed_flow` in tensor ops (any device), in the layout of `distance`."""
-    layout = torch.channels_last if distance.dim() == 4 and distance.stride(1) == 1 else torch.contiguous_format
-    logits = -distance.square()
-    weights = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # (B, k*k, h, w), unnormalised
-    normaliser = weights.sum(dim=1, keepdim=True).reciprocal()
-    taps = distance.shape[1]
-    components = [F.conv2d(weights * _neighbours(flow[:, c:c + 1], layout, taps),
-                           weight[c].view(1, taps, 1, 1), bias[c:c + 1]) * normaliser for c in range(2)]
-    return torch.cat(components, dim=1)
-
-
-def _neighbours(component: torch.Tensor, layout: torch.memory_format, taps: int) -> torch.Tensor:
-    """(B, 1, h, w) -> (B, k*k, h, w) in `layout`, k*k = taps: zero-padded k x k neighbourhood, channel dy * k + dx."""
-    k = math.isqrt(taps)
-    # The batch as channels of one image: unfold's CPU kernel starts a parallel region per image, each
-    # costing more than the image's work with passive OpenMP waiting (1.5 ms per call on 2 threads).
-    patches = F.unfold(einops.rearrange(component, "b 1 h w -> 1 b h w"), kernel_size=k, padding=k // 2)
-    neighbours = einops.rearrange(patches, "1 (b kk) (h w) -> b kk h w", kk=taps, h=component.shape[2])
-    return neighbours.contiguous(memory_format=layout)
+    return reference.smoothed_flow(distance, flow, weight, bias)
 
 
 class BIMNet(nn.Module):

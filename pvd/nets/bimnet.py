@@ -267,9 +267,10 @@ class BIMNet(nn.Module):
         images2 = _image_pyramid(image2, features2)
         if pairs is not None:
             pieces1, pieces2 = (_row_pieces(rows, image.shape[0]) for rows, image in zip(pairs, (image1, image2)))
-            features1, images1 = ({level: _take_rows(x, pieces1) for level, x in d.items()}
+            # only the decoder's levels: level 1 (full resolution, the largest) is not read past the pyramid
+            features1, images1 = ({level: _take_rows(d[level], pieces1) for level in LEVELS}
                                   for d in (features1, images1))
-            features2, images2 = ({level: _take_rows(x, pieces2) for level, x in d.items()}
+            features2, images2 = ({level: _take_rows(d[level], pieces2) for level in LEVELS}
                                   for d in (features2, images2))
         flow = None
         flows = {}

@@ -187,7 +187,8 @@ def deblur_video(input: str | os.PathLike, output: str | os.PathLike, *, model=N
     if input_path.is_file() and input_path.suffix.lower() in video_io.IMAGE_SUFFIXES and \
             output.suffix.lower() in video_io.IMAGE_SUFFIXES:  # one image in, one image out
         return [_deblur_image(videos[0], output, model=model, weights=weights, device=device, precision=precision,
-                              size_policy=size_policy, allow_untrained=allow_untrained, overwrite=overwrite)]
+                              size_policy=size_policy, allow_untrained=allow_untrained, overwrite=overwrite,
+                              compile=compile, tile=tile, tile_overlap=tile_overlap)]
     single = len(videos) == 1 and (videos[0].path.resolve() == input_path.resolve()
                                    or not input_path.exists())  # one video, or a glob of frames
     plans = [(video, *_output_paths(output, fmt, video, single)) for video in videos]
@@ -235,13 +236,15 @@ def _deblurrer(model, weights, device, allow_untrained: bool, precision: str = "
 
 
 def _deblur_image(video: video_io.Video, output: Path, *, model, weights, device, precision, size_policy,
-                  allow_untrained, overwrite) -> VideoResult:
+                  allow_untrained, overwrite, **options) -> VideoResult:
     """A lone image deblurred into the image file `output` (its format from the suffix), written atomically.
-    With no neighbours, the image is its own previous and next frame."""
+    With no neighbours, the image is its own previous and next frame. options: compile, tile, tile_overlap,
+    as for videos."""
     _check_plans([(video, output, None)])
     if output.exists() and not overwrite:
         raise video_io.VideoError(f"{output}: output already exists (use overwrite=True / --overwrite)")
-    deblurrer = _deblurrer(model, weights, device, allow_untrained, precision=precision, size_policy=size_policy)
+    deblurrer = _deblurrer(model, weights, device, allow_untrained, precision=precision, size_policy=size_policy,
+                           **options)
     start = time.perf_counter()
     with cpu_kernels.compiled_kernels(cpu_kernels.compiled_pays_off(_job_pixels([video]))):
         (frame,) = deblurrer.run(video.frames())

@@ -190,6 +190,26 @@ def test_cli_refuses_a_bad_tile_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_single_image_takes_and_checks_the_tile_options(tmp_path, capsys, spy):
+    """One image in, one image out: --tile runs tiled steps (bounded memory for a large photo), and a bad --tile
+    or --tile-overlap is refused in one line, as for videos (both used to be ignored silently)."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "photo.png"), np.random.default_rng(0).integers(0, 256, (70, 90, 3), np.uint8))
+    common = ["--allow-untrained", "--quiet", "--device", "cpu"]
+    for bad, message in ((["--tile", "-3"], "tile must be"), (["--tile", "huge"], "tile must be"),
+                         (["--tile", "64", "--tile-overlap", "40"], "overlap")):
+        assert main(["deblur", str(tmp_path / "photo.png"), "-o", str(tmp_path / "bad.png"), *bad, *common]) == 1
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+        assert not (tmp_path / "bad.png").exists()
+    tiled_steps = spy(tiling, "deblur_step_tiled")
+    assert main(["deblur", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out.png"), "--tile", "64",
+                 "--tile-overlap", "16", *common]) == 0, capsys.readouterr().err
+    assert len(tiled_steps) == 1 and cv2.imread(str(tmp_path / "out.png")).shape == (70, 90, 3)
+
+
 def test_cli_deblurs_tiled_into_h264_with_crf_and_fps(tmp_path):
     import av
     import cv2

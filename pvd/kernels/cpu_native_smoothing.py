@@ -14,7 +14,7 @@ backward does).
 
 PyTorch computes it as ~12 passes over (B, K, H, W) tensors forward and ~20 backward (square, amax, exp, sum,
 unfold, products, the 1x1 convs), each a parallel region. Here each pixel's K taps are handled in one go; the
-forward keeps the exponentials and their sums for the backward. Measured on the development CPU, forward +
+forward keeps the exponentials, their sums and its output for the backward. Measured on the development CPU, forward +
 backward for a batch of 32, 2 threads, eager -> compiled: level 2 (K = 49, 32x32) 22-23 -> 11 ms, level 3
 (K = 25, 16x16) 4.3-5.0 -> 1.7 ms, level 4 (8x8) 3.0-3.2 -> 0.6 ms; a whole stage-1 training step +2.5%
 (median of 8 interleaved pairs). The exponentials take about 40% of the forward (scalar `exp`: numba has no
@@ -95,10 +95,11 @@ def _smooth_rows(distance, flow, weight, bias, kernel_size, row_start, row_stop,
 
 
 @compiled
-def _smooth_backward_images(grad_out, distance, flow, weight, bias, exponentials, totals, kernel_size,
+def _smooth_backward_images(grad_out, distance, flow, weight, out, exponentials, totals, kernel_size,
                             batch_start, batch_stop, grad_distance, grad_flow, grad_weight, grad_bias):
-    """The gradients of images [batch_start, batch_stop): grad_distance (B, H, W, K) written; grad_flow
-    (B, 2, H, W), and this band's grad_weight (2, K) and grad_bias (2,), zeros on entry, accumulated."""
+    """The gradients of images [batch_start, batch_stop), from the forward's out, exponentials and totals:
+    grad_distance (B, H, W, K) written; grad_flow (B, 2, H, W), and this band's grad_weight (2, K) and
+    grad_bias (2,), zeros on entry, accumulated."""
     _, height, width, count = distance.shape
     half = kernel_size // 2
     grad_logits = np.empty(count, distance.dtype)
@@ -109,13 +110,11 @@ def _smooth_backward_images(grad_out, distance, flow, weight, bias, exponentials
                 distances, taps = distance[b, y, x_], exponentials[b, y, x_]
                 _neighbours(flow, b, y, x_, kernel_size, neighbours)
                 inverse = 1.0 / totals[b, y, x_]
-                grad_combined_x = grad_out[b, 0, y, x_] * inverse  # d loss / d (sum_j w e n + bias), per component
-                grad_combined_y = grad_out[b, 1, y, x_] * inverse
-                combined_x, combined_y = bias[0], bias[1]
-                for j in range(count):
-                    combined_x += weight[0, j] * (taps[j] * neighbours[0, j])
-                    combined_y += weight[1, j] * (taps[j] * neighbours[1, j])
-                grad_total = -(grad_combined_x * combined_x + grad_combined_y * combined_y) * inverse
+                grad_x, grad_y = grad_out[b, 0, y, x_], grad_out[b, 1, y, x_]
+                grad_combined_x = grad_x * inverse  # d loss / d (sum_j w e n + bias), per component
+                grad_combined_y = grad_y * inverse
+                # out = combined / total, so d loss / d total = -sum_c grad_out_c * out_c / total
+                grad_total = -(grad_x * out[b, 0, y, x_] + grad_y * out[b, 1, y, x_]) * inverse
                 grad_bias[0] += grad_combined_x
                 grad_bias[1] += grad_combined_y
                 grad_largest = 0.0
@@ -156,17 +155,17 @@ class _SmoothedFlow(torch.autograd.Function):
         arrays = (distances.numpy(), flow.numpy(), weight.numpy(), bias.numpy(), math.isqrt(count))
         run_bands(_smooth_rows, [(*arrays, start, stop, out.numpy(), exponentials.numpy(), totals.numpy())
                                  for start, stop in bands(batch * height, MIN_ROWS_PER_THREAD)])
-        ctx.save_for_backward(distances, flow, weight, bias, exponentials, totals)
+        ctx.save_for_backward(distances, flow, weight, out, exponentials, totals)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        distances, flow, weight, bias, exponentials, totals = ctx.saved_tensors
+        distances, flow, weight, out, exponentials, totals = ctx.saved_tensors
         image_bands = bands(distances.shape[0], 1)
         grad_distances, grad_flow = torch.empty_like(distances), torch.zeros_like(flow)
         grad_weights = torch.zeros((len(image_bands), *weight.shape), dtype=weight.dtype)
-        grad_biases = torch.zeros((len(image_bands), *bias.shape), dtype=bias.dtype)
-        arrays = (grad_out.contiguous().numpy(), distances.numpy(), flow.numpy(), weight.numpy(), bias.numpy(),
+        grad_biases = torch.zeros((len(image_bands), 2), dtype=weight.dtype)
+        arrays = (grad_out.contiguous().numpy(), distances.numpy(), flow.numpy(), weight.numpy(), out.numpy(),
                   exponentials.numpy(), totals.numpy(), math.isqrt(distances.shape[3]))
         run_bands(_smooth_backward_images,
                   [(*arrays, start, stop, grad_distances.numpy(), grad_flow.numpy(), grad_weights[n].numpy(),
